@@ -1,0 +1,1037 @@
+"""Keras 3 models in: ``.keras`` archives, legacy ``.h5`` files and ``.weights.h5`` plus a config.
+
+Files are read with :mod:`zipfile`, :mod:`json` and :mod:`h5py` only: Keras is never imported
+and nothing in the file is deserialised as code (a ``Lambda`` or a custom class is rejected by
+name). Only the architecture and the weights are read; ``compile_config`` (losses, metrics,
+optimizer) is ignored, so a model compiled with a custom loss converts as well.
+
+Where the weights are:
+
+* ``.keras`` / ``.weights.h5`` (Keras 3): ``layers/<group>/...`` where ``<group>`` is the
+  snake_case class name plus ``_N`` in order of appearance (``gru``, ``gru_1``, ``dense``),
+  not the layer's name; the layer's name is the ``name`` attribute of ``<group>/vars``.
+  GRU: ``cell/vars/{0,1,2}`` = kernel, recurrent_kernel, bias; Bidirectional:
+  ``forward_layer/cell/vars`` and ``backward_layer/cell/vars``; Dense: ``vars/{0,1}``;
+  TimeDistributed: ``layer/vars``; Embedding: ``vars/0``.
+* legacy ``.h5``: ``model_config`` (JSON) in the root attributes, weights under
+  ``model_weights/<layer name>`` whose ``weight_names`` attribute lists them in order
+  (``.../kernel``, ``.../recurrent_kernel``, ``.../bias``, ``.../embeddings``). A legacy
+  weights-only file has ``layer_names`` at its root.
+
+Keras semantics reproduced (checked against Keras 3.15 ``model.predict``):
+
+* ``go_backwards=True``: the layer reads the sequence from the end and returns its outputs in
+  that reversed order -> engine ``direction="reverse"``, ``time_reversed_output=True``.
+* Bidirectional: the backward layer's outputs are flipped back before merging
+  (concat [forward, backward], sum, mul, ave) -> engine ``direction="bidirectional"``.
+* Masks (Embedding ``mask_zero``, Masking): a masked step keeps the state and repeats the
+  previous output (zero before the first valid step); ``Bidirectional`` with
+  ``return_sequences=True`` forces ``zero_output_for_mask`` on both layers, so masked steps
+  output zeros there (engine ``masked_output="zero"``).
+* Activations: Keras 3 ``hard_sigmoid`` is ``relu6(x + 3) / 6`` = ONNX ``HardSigmoid`` with
+  alpha = 1/6, beta = 0.5 (Keras 2 used 0.2; Keras 3 loads old files with its own 1/6 too).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gru_engine.errors import ModelFileError, UnsupportedError
+from gru_engine.model import Activation as EActivation
+from gru_engine.model import Dense as EDense
+from gru_engine.model import Embedding as EEmbedding
+from gru_engine.model import GRU as EGRU
+from gru_engine.model import Masking as EMasking
+from gru_engine.model import Model
+
+from .conventions import keras_gru_to_onnx
+
+__all__ = ["from_keras", "SUPPORTED_LAYERS"]
+
+# --------------------------------------------------------------------------- tables
+
+#: Layers that do nothing at inference time (random noise / dropout only when training).
+NOOP_LAYERS = {
+    "Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
+    "ActivityRegularization",
+}
+#: Every Keras class the converter understands, for error messages.
+SUPPORTED_LAYERS = sorted(
+    {"InputLayer", "Embedding", "Masking", "GRU", "Bidirectional", "Dense", "TimeDistributed", "Activation"}
+    | NOOP_LAYERS
+)
+#: Keras ops that Keras records in a Functional graph to compute masks (Embedding mask_zero ->
+#: NotEqual(ids, 0); Masking -> Any(NotEqual(x, value), axis=-1)). They are allowed only when they
+#: feed ``mask=`` arguments; the engine recomputes the same masks from the layers themselves.
+MASK_OPS = {"NotEqual", "Any", "All", "LogicalAnd", "LogicalOr", "Cast", "ExpandDims", "Squeeze"}
+
+# Keras activation name -> (ONNX RNN activation, alpha, beta); alpha/beta None when unused.
+_KERAS_RNN_ACT = {
+    "tanh": ("Tanh", None, None),
+    "sigmoid": ("Sigmoid", None, None),
+    "relu": ("Relu", None, None),
+    "linear": ("Affine", 1.0, 0.0),
+    "hard_sigmoid": ("HardSigmoid", 1.0 / 6.0, 0.5),  # Keras 3: relu6(x + 3) / 6
+    "softsign": ("Softsign", None, None),
+    "softplus": ("Softplus", None, None),
+    "elu": ("Elu", 1.0, None),
+    "leaky_relu": ("LeakyRelu", 0.2, None),  # Keras default negative_slope
+}
+# Keras activation name -> (engine Dense activation, alpha).
+_KERAS_DENSE_ACT = {
+    "linear": ("linear", 0.0),
+    "sigmoid": ("sigmoid", 0.0),
+    "tanh": ("tanh", 0.0),
+    "relu": ("relu", 0.0),
+    "softmax": ("softmax", 0.0),
+    "hard_sigmoid": ("hard_sigmoid", 0.0),
+    "elu": ("elu", 1.0),
+    "selu": ("selu", 0.0),
+    "gelu": ("gelu", 0.0),  # Keras default approximate=False (erf form)
+    "swish": ("swish", 0.0),
+    "silu": ("swish", 0.0),
+    "softplus": ("softplus", 0.0),
+    "softsign": ("softsign", 0.0),
+    "leaky_relu": ("leaky_relu", 0.2),
+    "exponential": ("exp", 0.0),
+}
+
+
+# --------------------------------------------------------------------------- public
+
+
+def from_keras(path, config=None, *, name: str | None = None) -> Model:
+    """Convert a saved Keras model to a :class:`gru_engine.Model`, without importing Keras.
+
+    Parameters
+    ----------
+    path : a ``.keras`` archive, a legacy ``.h5`` model (``model.save("m.h5")``), or a
+        ``.weights.h5`` / legacy weights-only ``.h5`` file (then ``config`` is required).
+        The format is detected from the file's content, not its name.
+    config : the architecture, when ``path`` holds weights only (or to override it): a dict
+        (``json.loads(model.to_json())``, the ``config.json`` of a ``.keras`` archive, or
+        ``model.get_config()``), a JSON string, a path to a ``.json`` file, or a path to a
+        ``.keras`` / legacy ``.h5`` file whose architecture is used.
+    name : the engine model's name (default: the Keras model's name).
+
+    Raises
+    ------
+    ModelFileError : missing, truncated or corrupt file; missing weights; a weight whose shape
+        disagrees with the architecture (the message names file, layer, tensor and shapes).
+    UnsupportedError : a layer or option that cannot be converted (named, with what is supported).
+    """
+    src = os.fspath(path)
+    with _open_source(src) as (file_cfg, store):
+        cfg = file_cfg
+        if config is not None:
+            cfg = _load_config_arg(config)
+        if cfg is None:
+            raise ModelFileError(
+                f"{src!r} holds weights only: pass its architecture as config= (a dict, a JSON string, "
+                "a config.json path or the .keras file it came from)"
+            )
+        arch = _parse_architecture(cfg, src)
+        return _build(arch, store, src, name)
+
+
+# --------------------------------------------------------------------------- opening files
+
+
+class _Source:
+    """Context manager yielding ``(config dict or None, weight store)``."""
+
+    def __init__(self, src: str):
+        self.src = src
+        self._closers: list = []
+
+    def __enter__(self):
+        src = self.src
+        if not os.path.exists(src):
+            raise ModelFileError(f"Keras model file {src!r} does not exist")
+        if os.path.isdir(src):
+            raise ModelFileError(f"Keras model file {src!r} must be a file, got a directory")
+        with open(src, "rb") as f:
+            magic = f.read(8)
+        if magic[:2] == b"PK":
+            return self._open_keras_zip()
+        if magic == b"\x89HDF\r\n\x1a\n":
+            h5 = _h5_open(src, src)
+            self._closers.append(h5)
+            return _h5_config(h5, src), _store_for_h5(h5, src)
+        raise ModelFileError(
+            f"{src!r} must be a .keras archive (zip) or an HDF5 file (.h5 / .weights.h5), "
+            f"got a file starting with {magic!r}"
+        )
+
+    def _open_keras_zip(self):
+        src = self.src
+        try:
+            zf = zipfile.ZipFile(src)
+            self._closers.append(zf)
+            names = set(zf.namelist())
+            if "config.json" not in names:
+                raise ModelFileError(f"{src!r}: a .keras archive must contain config.json, found {sorted(names)}")
+            try:
+                cfg = json.loads(zf.read("config.json"))
+            except (ValueError, UnicodeDecodeError) as e:
+                raise ModelFileError(f"{src!r}: config.json must be valid JSON, got an error: {e}") from None
+            if "model.weights.h5" not in names:
+                raise ModelFileError(
+                    f"{src!r}: a .keras archive must contain model.weights.h5, found {sorted(names)}"
+                )
+            data = zf.read("model.weights.h5")
+        except ModelFileError:
+            raise
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, KeyError, ValueError) as e:
+            raise ModelFileError(f"{src!r} is not a readable .keras archive (truncated or corrupt?): {e}") from None
+        h5 = _h5_open(io.BytesIO(data), f"{src}:model.weights.h5")
+        self._closers.append(h5)
+        return cfg, _store_for_h5(h5, f"{src}:model.weights.h5")
+
+    def __exit__(self, *exc):
+        for c in reversed(self._closers):
+            try:
+                c.close()
+            except Exception:  # noqa: BLE001 - closing a corrupt file must not hide the real error
+                pass
+        return False
+
+
+def _open_source(src: str) -> _Source:
+    return _Source(src)
+
+
+def _h5py():
+    try:
+        import h5py  # noqa: PLC0415 - optional dependency, only for Keras files
+    except ImportError:  # pragma: no cover - h5py is in the [keras] extra
+        raise ModelFileError("reading Keras files needs h5py: pip install 'gru-engine[keras]'") from None
+    return h5py
+
+
+def _h5_open(obj, label: str):
+    h5py = _h5py()
+    try:
+        return h5py.File(obj, "r")
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ModelFileError(f"{label!r} is not a readable HDF5 file (truncated or corrupt?): {e}") from None
+
+
+def _h5_config(h5, src: str):
+    try:
+        raw = h5.attrs.get("model_config")
+    except (OSError, KeyError, RuntimeError) as e:
+        raise ModelFileError(f"{src!r}: cannot read the root attributes (corrupt file?): {e}") from None
+    if raw is None:
+        return None
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "replace")
+    try:
+        return json.loads(str(raw))
+    except ValueError as e:
+        raise ModelFileError(f"{src!r}: the model_config attribute must be valid JSON, got an error: {e}") from None
+
+
+def _load_config_arg(config) -> dict:
+    if isinstance(config, dict):
+        return config
+    if isinstance(config, (bytes, bytearray)):
+        config = config.decode("utf-8")
+    if isinstance(config, str) and config.lstrip().startswith("{"):
+        try:
+            return json.loads(config)
+        except ValueError as e:
+            raise ModelFileError(f"config must be valid JSON, got an error: {e}") from None
+    if isinstance(config, (str, os.PathLike)):
+        p = os.fspath(config)
+        if not os.path.isfile(p):
+            raise ModelFileError(f"config file {p!r} does not exist")
+        with open(p, "rb") as f:
+            magic = f.read(8)
+        if magic[:2] == b"PK" or magic == b"\x89HDF\r\n\x1a\n":
+            with _open_source(p) as (cfg, _store):
+                if cfg is None:
+                    raise ModelFileError(f"config file {p!r} holds no model architecture")
+                return cfg
+        try:
+            with open(p, encoding="utf-8") as f:
+                return json.load(f)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ModelFileError(f"config file {p!r} must be valid JSON, got an error: {e}") from None
+    raise TypeError(f"config must be a dict, a JSON string or a path, got {type(config).__name__}")
+
+
+# --------------------------------------------------------------------------- weight stores
+
+
+class _WeightStore:
+    """Gives the arrays of one layer by layer name and class."""
+
+    src: str
+
+    def layer_weights(self, lname: str, cls: str, parts: tuple[str, ...]) -> dict[str, list[np.ndarray]]:
+        """``{part: [arrays in order]}``; ``parts`` are sub-paths such as ``"cell"`` or
+        ``"forward_layer/cell"`` for the new format (the legacy format splits by name)."""
+        raise NotImplementedError
+
+
+def _read(ds, label: str) -> np.ndarray:
+    try:
+        return np.array(ds[()])
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as e:
+        raise ModelFileError(f"{label}: cannot read the tensor (truncated or corrupt file?): {e}") from None
+
+
+def _snake(name: str) -> str:
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+class _NewStore(_WeightStore):
+    """Keras 3 layout (``.keras`` archives and ``.weights.h5``)."""
+
+    def __init__(self, h5, src: str):
+        self.h5, self.src = h5, src
+        self.by_name: dict[str, str] = {}
+        try:
+            layers = h5["layers"]
+            for g in layers:
+                obj = layers[g]
+                vname = obj["vars"].attrs.get("name") if "vars" in obj else None
+                if isinstance(vname, bytes):
+                    vname = vname.decode()
+                if vname is not None:
+                    self.by_name[str(vname)] = f"layers/{g}"
+        except (OSError, KeyError, ValueError, RuntimeError) as e:
+            raise ModelFileError(f"{src!r}: cannot list the weight groups (truncated or corrupt file?): {e}") from None
+        self.order_names: dict[str, str] = {}
+
+    def set_layer_order(self, layers: list[tuple[str, str]]) -> None:
+        """Fallback for files without ``vars`` name attributes: Keras' own naming,
+        snake_case class + ``_N`` in order of ``model.layers``."""
+        used: dict[str, int] = {}
+        for lname, cls in layers:
+            base = _snake(cls)
+            if base in used:
+                used[base] += 1
+                g = f"{base}_{used[base]}"
+            else:
+                used[base] = 0
+                g = base
+            self.order_names[lname] = f"layers/{g}"
+
+    def layer_weights(self, lname, cls, parts):
+        group = self.by_name.get(lname) or self.order_names.get(lname)
+        if group is None or group not in self.h5:
+            raise ModelFileError(
+                f"{self.src!r}: weights of layer {lname!r} ({cls}) not found; weight groups in the file: "
+                f"{sorted(self.by_name) or list(self.h5.get('layers', {}))}"
+            )
+        out = {}
+        for part in parts:
+            path = f"{group}/{part}/vars" if part else f"{group}/vars"
+            try:
+                if path not in self.h5:
+                    raise ModelFileError(f"{self.src!r}: weights of layer {lname!r} ({cls}) not found: no group {path!r}")
+                g = self.h5[path]
+                keys = sorted(g.keys(), key=lambda k: int(k) if k.isdigit() else 1 << 30)
+                out[part] = [_read(g[k], f"{self.src!r}: layer {lname!r} tensor {path}/{k}") for k in keys]
+            except ModelFileError:
+                raise
+            except (OSError, KeyError, ValueError, RuntimeError) as e:
+                raise ModelFileError(f"{self.src!r}: cannot read {path!r} of layer {lname!r} (corrupt file?): {e}") from None
+        return out
+
+
+class _LegacyStore(_WeightStore):
+    """Legacy HDF5 layout: ``<root>/<layer name>`` with a ``weight_names`` attribute."""
+
+    def __init__(self, root, src: str):
+        self.root, self.src = root, src
+
+    def layer_weights(self, lname, cls, parts):
+        try:
+            if lname not in self.root:
+                raise ModelFileError(
+                    f"{self.src!r}: weights of layer {lname!r} ({cls}) not found; layers in the file: {sorted(self.root.keys())}"
+                )
+            g = self.root[lname]
+            names = [n.decode() if isinstance(n, bytes) else str(n) for n in g.attrs.get("weight_names", [])]
+            arrays = []
+            for n in names:
+                if n not in g:
+                    raise ModelFileError(f"{self.src!r}: layer {lname!r} lists weight {n!r}, which is missing from the file")
+                arrays.append((n, _read(g[n], f"{self.src!r}: layer {lname!r} tensor {n!r}")))
+        except ModelFileError:
+            raise
+        except (OSError, KeyError, ValueError, RuntimeError) as e:
+            raise ModelFileError(f"{self.src!r}: cannot read the weights of layer {lname!r} (corrupt file?): {e}") from None
+        out: dict[str, list] = {p: [] for p in parts}
+        for n, a in arrays:
+            comps = n.split("/")
+            if len(parts) == 1:
+                out[parts[0]].append((comps, a))
+                continue
+            # Bidirectional: forward_* / backward_* path components.
+            side = next((c for c in comps if c.startswith(("forward", "backward"))), None)
+            key = next((p for p in parts if side and p.startswith(side.split("_")[0])), None)
+            if key is None:
+                raise ModelFileError(
+                    f"{self.src!r}: layer {lname!r} ({cls}): weight {n!r} must name a forward_ or backward_ sub-layer"
+                )
+            out[key].append((comps, a))
+        return {p: _order_legacy(v) for p, v in out.items()}
+
+
+_LEGACY_ORDER = ("kernel", "recurrent_kernel", "bias", "embeddings")
+
+
+def _order_legacy(items) -> list[np.ndarray]:
+    """Legacy weights listed by name: return them in the new format's order
+    (kernel, recurrent_kernel, bias) whatever order the file lists them in."""
+    def base(comps):
+        return comps[-1].split(":")[0]
+
+    known = [it for it in items if base(it[0]) in _LEGACY_ORDER]
+    if len(known) == len(items):
+        return [a for _c, a in sorted(items, key=lambda it: _LEGACY_ORDER.index(base(it[0])))]
+    return [a for _c, a in items]
+
+
+def _store_for_h5(h5, src: str) -> _WeightStore:
+    try:
+        if "layers" in h5 and "model_weights" not in h5:
+            return _NewStore(h5, src)
+        if "model_weights" in h5:
+            return _LegacyStore(h5["model_weights"], src)
+        if "layer_names" in h5.attrs:
+            return _LegacyStore(h5, src)
+    except ModelFileError:
+        raise
+    except (OSError, KeyError, ValueError, RuntimeError) as e:
+        raise ModelFileError(f"{src!r}: cannot read the HDF5 structure (truncated or corrupt file?): {e}") from None
+    raise ModelFileError(
+        f"{src!r} must hold Keras weights (a 'layers' group, a 'model_weights' group or a 'layer_names' "
+        f"attribute), found groups {sorted(h5.keys())}"
+    )
+
+
+# --------------------------------------------------------------------------- architecture
+
+
+@dataclass
+class _Node:
+    """One layer of the chain: Keras class, config and Functional call information."""
+
+    cls: str
+    cfg: dict
+    lname: str
+    masked_call: bool | None = None  # Functional: called with a mask= argument
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Arch:
+    kind: str  # Sequential | Functional
+    name: str
+    nodes: list  # [_Node] in order, InputLayer excluded
+    input_shape: list | None
+    input_dtype: str | None
+    dtype: str
+    weight_order: list  # [(layer name, class)] as model.layers orders them
+
+
+def _unwrap(cfg: dict) -> tuple[str, dict]:
+    if not isinstance(cfg, dict):
+        raise ModelFileError(f"the Keras config must be a JSON object, got {type(cfg).__name__}")
+    if "class_name" in cfg and isinstance(cfg.get("config"), dict):
+        return str(cfg["class_name"]), cfg["config"]
+    if "layers" in cfg:  # model.get_config()
+        return ("Functional" if "input_layers" in cfg else "Sequential"), cfg
+    raise ModelFileError("the Keras config must have 'class_name' and 'config' (model.to_json()) or 'layers'")
+
+
+def _policy_name(d) -> str:
+    if isinstance(d, str):
+        return d
+    if isinstance(d, dict):
+        c = d.get("config")
+        if isinstance(c, dict) and isinstance(c.get("name"), str):
+            return c["name"]
+        if isinstance(d.get("name"), str):
+            return d["name"]
+    return "float32"
+
+
+def _layer_name(layer: dict) -> str:
+    c = layer.get("config") or {}
+    return str(layer.get("name") or c.get("name") or "")
+
+
+def _parse_architecture(cfg: dict, src: str) -> _Arch:
+    cls, c = _unwrap(cfg)
+    layers = c.get("layers")
+    if not isinstance(layers, list):
+        raise ModelFileError(f"{src!r}: the model config must list its layers, got {type(layers).__name__}")
+    dtype = _policy_name(c.get("dtype"))
+    mname = str(c.get("name") or os.path.splitext(os.path.basename(src))[0])
+    if cls == "Sequential":
+        return _parse_sequential(layers, c, mname, dtype)
+    if cls in ("Functional", "Model"):
+        return _parse_functional(layers, c, mname, dtype, src)
+    raise UnsupportedError(
+        f"Keras model class {cls!r} is not supported; supported: Sequential, Functional (a custom Model "
+        "subclass has no architecture in the file: rebuild it as Sequential or Functional)"
+    )
+
+
+def _parse_sequential(layers, c, mname, dtype) -> _Arch:
+    nodes = []
+    input_shape = None
+    input_dtype = None
+    for layer in layers:
+        lc = layer.get("config") or {}
+        cls = str(layer.get("class_name"))
+        if cls == "InputLayer":
+            input_shape = lc.get("batch_shape") or lc.get("batch_input_shape")
+            input_dtype = _policy_name(lc.get("dtype")) if lc.get("dtype") else None
+            continue
+        if input_shape is None and not nodes:
+            input_shape = lc.get("batch_shape") or lc.get("batch_input_shape")
+        nodes.append(_Node(cls, lc, _layer_name(layer)))
+    if input_shape is None:
+        input_shape = c.get("build_input_shape")
+    weight_order = [(n.lname, n.cls) for n in nodes]
+    return _Arch("Sequential", mname, nodes, input_shape, input_dtype, dtype, weight_order)
+
+
+def _is_tensor(v) -> bool:
+    return isinstance(v, dict) and v.get("class_name") == "__keras_tensor__"
+
+
+def _history(v) -> tuple[str, int, int]:
+    h = v["config"]["keras_history"]
+    return str(h[0]), int(h[1]), int(h[2])
+
+
+def _node_calls(layer: dict) -> list[tuple[list, dict]]:
+    """Normalise a layer's inbound nodes to ``[(args, kwargs)]`` with tensor args as
+    ``(layer, node, index)`` tuples. Handles Keras 3 (``{"args", "kwargs"}``) and the Keras 2
+    form (``[[layer, node, index, kwargs], ...]``)."""
+    calls = []
+    for node in layer.get("inbound_nodes") or []:
+        if isinstance(node, dict):
+            args = [(_history(a) if _is_tensor(a) else a) for a in node.get("args", [])]
+            kwargs = {k: (_history(v) if _is_tensor(v) else v) for k, v in (node.get("kwargs") or {}).items()}
+            # Tensors nested in lists (e.g. initial_state=[t]) are kept as lists of tuples.
+            for k, v in list(kwargs.items()):
+                if isinstance(v, list) and any(_is_tensor(x) for x in v):
+                    kwargs[k] = [(_history(x) if _is_tensor(x) else x) for x in v]
+            calls.append((args, kwargs))
+        elif isinstance(node, list):  # Keras 2: one entry per input tensor
+            args, kwargs = [], {}
+            for entry in node:
+                args.append((str(entry[0]), int(entry[1]), int(entry[2])))
+                if len(entry) > 3 and isinstance(entry[3], dict):
+                    kwargs.update(entry[3])
+            calls.append((args, kwargs))
+    return calls
+
+
+def _refs(v):
+    if isinstance(v, tuple) and len(v) == 3 and isinstance(v[0], str):
+        yield v
+    elif isinstance(v, (list, tuple)):
+        for x in v:
+            yield from _refs(x)
+    elif isinstance(v, dict):
+        for x in v.values():
+            yield from _refs(x)
+
+
+def _norm_io(v, what: str, src: str) -> list[tuple[str, int, int]]:
+    if isinstance(v, dict):
+        v = list(v.values())
+    if isinstance(v, list) and len(v) == 3 and isinstance(v[0], str):
+        v = [v]
+    if not isinstance(v, list) or not all(isinstance(x, list) and len(x) == 3 for x in v):
+        raise ModelFileError(f"{src!r}: the Functional model's {what} must be [layer, node, index] lists, got {v!r}")
+    return [(str(x[0]), int(x[1]), int(x[2])) for x in v]
+
+
+def _parse_functional(layers, c, mname, dtype, src) -> _Arch:
+    by_name: dict[str, dict] = {}
+    for layer in layers:
+        by_name[_layer_name(layer)] = layer
+    ins = _norm_io(c.get("input_layers"), "input_layers", src)
+    outs = _norm_io(c.get("output_layers"), "output_layers", src)
+    if len(ins) != 1 or len(outs) != 1:
+        raise UnsupportedError(
+            f"Functional model {mname!r} must have one input and one output (a chain), got "
+            f"{len(ins)} inputs {[i[0] for i in ins]} and {len(outs)} outputs {[o[0] for o in outs]}"
+        )
+    calls = {n: _node_calls(layer) for n, layer in by_name.items()}
+    # consumers of every tensor: (layer, node, index) -> [(consumer, "arg"|kwarg name)]
+    consumers: dict[tuple, list] = {}
+    for n, cl in calls.items():
+        for args, kwargs in cl:
+            for a in args:
+                for r in _refs(a):
+                    consumers.setdefault(r, []).append((n, "input"))
+            for k, v in kwargs.items():
+                for r in _refs(v):
+                    consumers.setdefault(r, []).append((n, k))
+    for r in outs:
+        consumers.setdefault(r, []).append(("<model output>", "output"))
+
+    def is_op(n: str) -> bool:
+        lay = by_name.get(n, {})
+        return str(lay.get("module", "")).startswith("keras.src.ops") or (
+            lay.get("class_name") in MASK_OPS and "module" not in lay
+        )
+
+    # Walk back from the output along the main input of each layer.
+    chain: list[str] = []
+    ref = outs[0]
+    in_name = ins[0][0]
+    seen = set()
+    while True:
+        lname, node_i, t_i = ref
+        if lname not in by_name:
+            raise ModelFileError(f"{src!r}: the Functional config refers to layer {lname!r}, which it does not define")
+        if lname in seen:
+            raise ModelFileError(f"{src!r}: the Functional graph has a cycle at layer {lname!r}")
+        seen.add(lname)
+        layer = by_name[lname]
+        lcls = str(layer.get("class_name"))
+        if t_i != 0:
+            raise UnsupportedError(
+                f"layer {lname!r} ({lcls}): its output #{t_i} (a return_state state) feeds the next layer or the "
+                "model output; only the main output (#0) can be part of the converted chain"
+            )
+        if lname == in_name:
+            break
+        cl = calls[lname]
+        if len(cl) != 1:
+            raise UnsupportedError(
+                f"layer {lname!r} ({lcls}) is called {len(cl)} times (a shared layer); supported: each layer called once, "
+                "in a chain"
+            )
+        if node_i != 0:
+            raise ModelFileError(f"{src!r}: layer {lname!r} has no call #{node_i}")
+        args, _kwargs = cl[0]
+        tensor_args = [r for a in args for r in _refs(a)]
+        if len(tensor_args) != 1:
+            raise UnsupportedError(
+                f"layer {lname!r} ({lcls}) takes {len(tensor_args)} tensors {[t[0] for t in tensor_args]}; supported: "
+                "layers with one input, in a chain (no merges, no branches)"
+            )
+        chain.append(lname)
+        ref = tensor_args[0]
+    chain.reverse()
+    chain_set = set(chain) | {in_name}
+
+    # Everything else must be mask bookkeeping, and nothing may consume states or branch off.
+    for n, layer in by_name.items():
+        if n in chain_set:
+            continue
+        lcls = str(layer.get("class_name"))
+        if not is_op(n) or lcls not in MASK_OPS:
+            raise UnsupportedError(
+                f"layer {n!r} ({lcls}) is not on the chain from input {in_name!r} to the output; supported: models "
+                "whose layers form one chain"
+            )
+        for key, uses in consumers.items():
+            if key[0] == n:
+                for user, how in uses:
+                    if how != "mask" and not (is_op(user) and by_name[user].get("class_name") in MASK_OPS):
+                        raise UnsupportedError(
+                            f"op {n!r} ({lcls}) feeds {user!r} ({how}); supported: ops that only compute masks"
+                        )
+    nodes = []
+    for i, lname in enumerate(chain):
+        layer = by_name[lname]
+        cls = str(layer.get("class_name"))
+        if is_op(lname):
+            raise UnsupportedError(
+                f"op {lname!r} ({cls}) on the model's main path is not supported; supported layers: {', '.join(SUPPORTED_LAYERS)}"
+            )
+        _args, kwargs = calls[lname][0]
+        for k, v in kwargs.items():
+            if k == "mask" or not list(_refs(v)):
+                continue
+            raise UnsupportedError(
+                f"layer {lname!r} ({cls}) receives a tensor as {k}= (from {[r[0] for r in _refs(v)]}); supported: "
+                "the layer input only (and the masks Keras derives from Embedding(mask_zero=True) / Masking)"
+            )
+        # States of return_state layers must be unused.
+        for key, uses in consumers.items():
+            if key[0] == lname and key[2] != 0:
+                raise UnsupportedError(
+                    f"layer {lname!r} ({cls}): its state output #{key[2]} feeds {uses[0][0]!r}; supported: a return_state "
+                    "layer whose states are not used (the chain consumes its main output)"
+                )
+        for key, uses in consumers.items():
+            if key[0] == lname and key[2] == 0:
+                bad = [u for u, how in uses if u not in chain_set and u != "<model output>" and not is_op(u)]
+                if bad:
+                    raise UnsupportedError(
+                        f"layer {lname!r} ({cls}) also feeds {bad}, off the chain; supported: models whose layers form one chain"
+                    )
+        nodes.append(_Node(cls, layer.get("config") or {}, lname, masked_call=(kwargs.get("mask") is not None)))
+    inp = by_name[in_name]
+    ic = inp.get("config") or {}
+    if str(inp.get("class_name")) != "InputLayer":
+        raise UnsupportedError(f"the model input {in_name!r} must be an InputLayer, got {inp.get('class_name')!r}")
+    weight_order = [(n, str(by_name[n].get("class_name"))) for n in by_name if not is_op(n)]
+    return _Arch(
+        "Functional", mname, nodes, ic.get("batch_shape") or ic.get("batch_input_shape"),
+        _policy_name(ic.get("dtype")) if ic.get("dtype") else None, dtype, weight_order,
+    )
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _where(node: _Node, cls: str | None = None) -> str:
+    return f"layer {node.lname!r} ({cls or node.cls})"
+
+
+def _act_name(v, where: str, attr: str) -> str:
+    if v is None:
+        return "linear"
+    if isinstance(v, str):
+        return v.lower()
+    if isinstance(v, dict):  # serialised function: only Keras' own built-ins
+        mod = str(v.get("module", ""))
+        inner = v.get("config")
+        if mod.startswith("keras") and v.get("class_name") == "function" and isinstance(inner, str):
+            return inner.lower()
+    raise UnsupportedError(f"{where}: {attr}={v!r} is a custom activation; supported: Keras built-in activations by name")
+
+
+def _rnn_act(v, where: str, attr: str):
+    n = _act_name(v, where, attr)
+    if n not in _KERAS_RNN_ACT:
+        raise UnsupportedError(
+            f"{where}: {attr}={n!r} has no ONNX RNN equivalent; supported: {', '.join(sorted(_KERAS_RNN_ACT))}"
+        )
+    return _KERAS_RNN_ACT[n]
+
+
+def _dense_act(v, where: str):
+    n = _act_name(v, where, "activation")
+    if n not in _KERAS_DENSE_ACT:
+        raise UnsupportedError(
+            f"{where}: activation={n!r} is not supported; supported: {', '.join(sorted(_KERAS_DENSE_ACT))}"
+        )
+    return _KERAS_DENSE_ACT[n]
+
+
+def _check(src: str, where: str, tensor: str, a: np.ndarray, expected: tuple) -> None:
+    if tuple(a.shape) != tuple(expected):
+        raise ModelFileError(
+            f"{src!r}: {where} tensor {tensor!r} must have shape {tuple(expected)} (from the config), got {tuple(a.shape)}"
+        )
+
+
+_GRU_IGNORED_TRUE = ("unroll",)  # numerics unchanged
+
+
+def _gru_options(gc: dict, where: str) -> dict:
+    """Validate one Keras GRU config and return what the engine needs."""
+    if gc.get("time_major"):
+        raise UnsupportedError(f"{where}: time_major=True is not supported; supported: batch-major inputs")
+    units = gc.get("units")
+    if not isinstance(units, int) or units <= 0:
+        raise ModelFileError(f"{where}: units must be a positive integer, got {units!r}")
+    f = _rnn_act(gc.get("recurrent_activation", "sigmoid"), where, "recurrent_activation")
+    g = _rnn_act(gc.get("activation", "tanh"), where, "activation")
+    return {
+        "units": units,
+        "acts": (f, g),
+        "use_bias": bool(gc.get("use_bias", True)),
+        "reset_after": bool(gc.get("reset_after", True)),
+        "return_sequences": bool(gc.get("return_sequences", False)),
+        "return_state": bool(gc.get("return_state", False)),
+        "go_backwards": bool(gc.get("go_backwards", False)),
+        "zero_output_for_mask": bool(gc.get("zero_output_for_mask", False)),
+    }
+
+
+def _gru_arrays(arrs: list, opts: dict, in_size: int | None, src: str, where: str, sub: str):
+    """Check and map one Keras GRU cell's tensors; returns (W, R, B, lbr, input_size)."""
+    H = opts["units"]
+    n_exp = 3 if opts["use_bias"] else 2
+    if len(arrs) != n_exp:
+        raise ModelFileError(
+            f"{src!r}: {where}{sub} must have {n_exp} weight tensors (kernel, recurrent_kernel"
+            f"{', bias' if opts['use_bias'] else ''}), got {len(arrs)}"
+        )
+    kernel, rk = arrs[0], arrs[1]
+    if kernel.ndim != 2:
+        raise ModelFileError(f"{src!r}: {where}{sub} tensor 'kernel' must have shape (input_dim, {3 * H}), got {kernel.shape}")
+    I = kernel.shape[0] if in_size is None else in_size
+    _check(src, where + sub, "kernel", kernel, (I, 3 * H))
+    _check(src, where + sub, "recurrent_kernel", rk, (H, 3 * H))
+    bias = None
+    if opts["use_bias"]:
+        bias = arrs[2]
+        _check(src, where + sub, "bias", bias, (2, 3 * H) if opts["reset_after"] else (3 * H,))
+    W, R, B, lbr = keras_gru_to_onnx(kernel, rk, bias, opts["reset_after"])
+    return W, R, B, lbr, I
+
+
+def _act_lists(acts_per_dir) -> tuple[tuple, tuple, tuple]:
+    names, alphas, betas = [], [], []
+    for f, g in acts_per_dir:
+        for n, a, b in (f, g):
+            names.append(n)
+            if a is not None:
+                alphas.append(a)
+            if b is not None:
+                betas.append(b)
+    return tuple(names), tuple(alphas), tuple(betas)
+
+
+class _Builder:
+    def __init__(self, arch: _Arch, store: _WeightStore, src: str):
+        self.arch, self.store, self.src = arch, store, src
+        self.dtype = np.float64 if arch.dtype == "float64" else np.float32
+        self.layers: list = []
+        self.size: int | None = None  # features flowing between layers
+        self.seq = True  # inputs are sequences until a last-step GRU
+        self.masked = False  # a mask producer precedes
+
+    def cast(self, a: np.ndarray) -> np.ndarray:
+        return np.asarray(a, dtype=self.dtype)
+
+    def weights(self, node: _Node, parts, cls=None):
+        return self.store.layer_weights(node.lname, cls or node.cls, parts)
+
+    # ---------------------------------------------------------------- layers
+    def add(self, node: _Node, is_last: bool) -> None:
+        cls = node.cls
+        where = _where(node)
+        if cls in NOOP_LAYERS:
+            return
+        handler = getattr(self, f"_l_{cls}", None)
+        if handler is None:
+            mod = ""
+            raise UnsupportedError(
+                f"{where} cannot be converted{mod}: supported layers are {', '.join(SUPPORTED_LAYERS)} "
+                "(Lambda and custom layers hold code, which is never loaded)"
+            )
+        if self.arch.kind == "Functional" and cls in ("GRU", "Bidirectional") and node.masked_call is not None:
+            if node.masked_call != self.masked:
+                raise UnsupportedError(
+                    f"{where}: the file passes {'a' if node.masked_call else 'no'} mask to this layer, but "
+                    f"{'no' if not self.masked else 'a'} mask-producing layer (Embedding mask_zero / Masking) precedes it; "
+                    "supported: masks derived from Embedding(mask_zero=True) or Masking only"
+                )
+        handler(node, where, is_last)
+
+    def _l_Embedding(self, node, where, is_last):
+        if self.layers:
+            raise UnsupportedError(f"{where}: an Embedding is supported only as the first layer")
+        c = node.cfg
+        arrs = self.weights(node, ("",))[""]
+        V, E = c.get("input_dim"), c.get("output_dim")
+        if len(arrs) != 1:
+            raise ModelFileError(f"{self.src!r}: {where} must have 1 weight tensor (embeddings), got {len(arrs)}")
+        _check(self.src, where, "embeddings", arrs[0], (V, E))
+        if c.get("quantization_config"):
+            raise UnsupportedError(f"{where}: quantized embeddings are not supported")
+        self.layers.append(EEmbedding(table=self.cast(arrs[0]), mask_zero=bool(c.get("mask_zero")), name=node.lname))
+        self.size = E
+        self.masked = self.masked or bool(c.get("mask_zero"))
+
+    def _l_Masking(self, node, where, is_last):
+        self.layers.append(EMasking(mask_value=float(node.cfg.get("mask_value", 0.0)), name=node.lname))
+        self.masked = True
+
+    def _l_Activation(self, node, where, is_last):
+        act, alpha = _dense_act(node.cfg.get("activation"), where)
+        self.layers.append(EActivation(activation=act, alpha=alpha, name=node.lname))
+
+    def _l_Dense(self, node, where, is_last, outer: _Node | None = None):
+        c = node.cfg
+        if c.get("quantization_config") or c.get("lora_rank"):
+            raise UnsupportedError(f"{where}: quantized / LoRA Dense layers are not supported")
+        units = c.get("units")
+        act, alpha = _dense_act(c.get("activation"), where)
+        use_bias = bool(c.get("use_bias", True))
+        if outer is None:
+            arrs = self.weights(node, ("",))[""]
+        else:
+            arrs = self.weights(outer, ("layer",))["layer"]
+        n_exp = 2 if use_bias else 1
+        if len(arrs) != n_exp:
+            raise ModelFileError(f"{self.src!r}: {where} must have {n_exp} weight tensors, got {len(arrs)}")
+        k = arrs[0]
+        if k.ndim != 2:
+            raise ModelFileError(f"{self.src!r}: {where} tensor 'kernel' must have shape (in, {units}), got {k.shape}")
+        fin = k.shape[0] if self.size is None else self.size
+        _check(self.src, where, "kernel", k, (fin, units))
+        b = None
+        if use_bias:
+            b = arrs[1]
+            _check(self.src, where, "bias", b, (units,))
+            b = self.cast(b)
+        self.layers.append(EDense(kernel=self.cast(k), bias=b, activation=act, alpha=alpha, name=node.lname))
+        self.size = units
+
+    def _l_TimeDistributed(self, node, where, is_last):
+        inner = node.cfg.get("layer") or {}
+        icls = str(inner.get("class_name"))
+        if icls in NOOP_LAYERS:
+            return
+        if icls == "Activation":
+            return self._l_Activation(_Node(icls, inner.get("config") or {}, node.lname), where, is_last)
+        if icls != "Dense":
+            raise UnsupportedError(
+                f"{where} wraps {icls!r}; supported: TimeDistributed(Dense), TimeDistributed(Activation), "
+                "TimeDistributed(Dropout)"
+            )
+        if not self.seq:
+            raise UnsupportedError(f"{where} needs a sequence input, but the previous GRU returns the last step only")
+        inner_node = _Node("Dense", inner.get("config") or {}, node.lname)
+        return self._l_Dense(inner_node, f"{where} -> Dense", is_last, outer=node)
+
+    def _check_seq(self, where):
+        if not self.seq:
+            raise UnsupportedError(f"{where} needs a sequence input, but the previous GRU returns the last step only")
+
+    def _check_state(self, node, where, opts, is_last):
+        if opts["return_state"] and self.arch.kind == "Sequential":
+            raise UnsupportedError(
+                f"{where}: return_state=True in a Sequential model makes the layer output a list; supported: "
+                "return_state in a Functional model whose chain uses only the main output"
+            )
+
+    def _l_GRU(self, node, where, is_last):
+        self._check_seq(where)
+        c = node.cfg
+        opts = _gru_options(c, where)
+        self._check_state(node, where, opts, is_last)
+        if opts["zero_output_for_mask"] and not opts["return_sequences"] and self.masked:
+            raise UnsupportedError(
+                f"{where}: zero_output_for_mask=True with return_sequences=False and a mask returns zeros for rows "
+                "whose last step is masked; supported: zero_output_for_mask with return_sequences=True"
+            )
+        arrs = self.weights(node, ("cell",))["cell"]
+        W, R, B, lbr, I = _gru_arrays(arrs, opts, self.size, self.src, where, "")
+        names, alphas, betas = _act_lists([opts["acts"]])
+        back = opts["go_backwards"]
+        self.layers.append(
+            EGRU(
+                W=self.cast(W)[None], R=self.cast(R)[None], B=self.cast(B)[None],
+                direction="reverse" if back else "forward", linear_before_reset=lbr,
+                activations=names, activation_alpha=alphas, activation_beta=betas,
+                return_sequences=opts["return_sequences"], time_reversed_output=back,
+                masked_output="zero" if opts["zero_output_for_mask"] else "carry", name=node.lname,
+            )
+        )
+        self.size = opts["units"]
+        self.seq = opts["return_sequences"]
+
+    def _l_Bidirectional(self, node, where, is_last):
+        self._check_seq(where)
+        c = node.cfg
+        merge = c.get("merge_mode", "concat")
+        if merge is None:
+            raise UnsupportedError(
+                f"{where}: merge_mode=None outputs the two directions as two tensors; supported: merge_mode "
+                "'concat', 'sum', 'mul', 'ave'"
+            )
+        if merge not in ("concat", "sum", "mul", "ave"):
+            raise UnsupportedError(f"{where}: merge_mode={merge!r} is not supported; supported: concat, sum, mul, ave")
+        fl = c.get("layer") or {}
+        bl = c.get("backward_layer")
+        sides = {}
+        for side, lay in (("forward", fl), ("backward", bl)):
+            if lay is None:  # Keras rebuilds the backward layer from the forward one
+                lay = {"class_name": fl.get("class_name"), "config": dict(fl.get("config") or {}, go_backwards=True)}
+                if fl.get("config", {}).get("go_backwards"):
+                    lay["config"]["go_backwards"] = False
+            lcls = str(lay.get("class_name"))
+            if lcls != "GRU":
+                raise UnsupportedError(f"{where}: the {side} layer is {lcls!r}; supported: Bidirectional(GRU)")
+            sides[side] = _gru_options(lay.get("config") or {}, f"{where} {side} GRU")
+        fo, bo = sides["forward"], sides["backward"]
+        if fo["go_backwards"] or not bo["go_backwards"]:
+            raise UnsupportedError(
+                f"{where}: the forward layer must have go_backwards=False and the backward layer go_backwards=True, got "
+                f"{fo['go_backwards']} and {bo['go_backwards']}"
+            )
+        for key in ("units", "reset_after", "return_sequences", "return_state"):
+            if fo[key] != bo[key]:
+                raise UnsupportedError(
+                    f"{where}: the forward and backward GRU must share {key}, got {fo[key]!r} and {bo[key]!r}"
+                )
+        self._check_state(node, where, fo, is_last)
+        w = self.weights(node, ("forward_layer/cell", "backward_layer/cell"))
+        Wf, Rf, Bf, lbr, I = _gru_arrays(w["forward_layer/cell"], fo, self.size, self.src, where, " forward GRU")
+        Wb, Rb, Bb, _, _ = _gru_arrays(w["backward_layer/cell"], bo, I, self.src, where, " backward GRU")
+        names, alphas, betas = _act_lists([fo["acts"], bo["acts"]])
+        rs = fo["return_sequences"]
+        self.layers.append(
+            EGRU(
+                W=self.cast(np.stack([Wf, Wb])), R=self.cast(np.stack([Rf, Rb])), B=self.cast(np.stack([Bf, Bb])),
+                direction="bidirectional", linear_before_reset=lbr,
+                activations=names, activation_alpha=alphas, activation_beta=betas,
+                return_sequences=rs, merge=merge,
+                # Keras forces zero_output_for_mask = return_sequences on both layers.
+                masked_output="zero" if rs else "carry", name=node.lname,
+            )
+        )
+        H = fo["units"]
+        self.size = 2 * H if merge == "concat" else H
+        self.seq = rs
+
+
+def _build(arch: _Arch, store: _WeightStore, src: str, name: str | None) -> Model:
+    if isinstance(store, _NewStore):
+        store.set_layer_order(arch.weight_order)
+    b = _Builder(arch, store, src)
+    shape = arch.input_shape
+    takes_tokens = False
+    if arch.nodes and arch.nodes[0].cls == "Embedding":
+        takes_tokens = True
+    elif isinstance(shape, (list, tuple)) and shape and isinstance(shape[-1], int):
+        if len(shape) != 3:
+            raise UnsupportedError(
+                f"model {arch.name!r}: input shape {list(shape)} must be (batch, time, features) or token ids (batch, time)"
+            )
+        b.size = int(shape[-1])
+    for i, node in enumerate(arch.nodes):
+        b.add(node, i == len(arch.nodes) - 1)
+    if not b.layers:
+        raise UnsupportedError(f"model {arch.name!r} has no layer to convert (only no-op layers)")
+    input_size = None
+    if not takes_tokens:
+        input_size = _first_input_size(b.layers, arch, b.size)
+    return Model(tuple(b.layers), input_size=input_size, name=name or arch.name)
+
+
+def _first_input_size(layers, arch: _Arch, final_size):
+    shape = arch.input_shape
+    if isinstance(shape, (list, tuple)) and shape and isinstance(shape[-1], int):
+        return int(shape[-1])
+    for layer in layers:
+        if isinstance(layer, EGRU):
+            return layer.input_size
+        if isinstance(layer, EDense):
+            return layer.in_features
+    raise ModelFileError(
+        f"model {arch.name!r}: the input feature size is unknown (no InputLayer shape and no layer with weights)"
+    )
