@@ -1,0 +1,250 @@
+"""Converters between gru-engine models and PyTorch, Keras, ONNX and raw arrays.
+
+``import converters`` imports no framework: each public function is loaded on first use.
+
+    from_torch(obj, example_input=None, prefix=None)   nn.GRU / nn.GRUCell / nn.Module / .pt
+    to_torch(model)                                     -> nn.Module, forward(x) -> (y, h_n)
+    from_keras(path)                                    .keras / .h5 (zipfile, json, h5py only)
+    from_onnx(source) / to_onnx(model, path)            the engine's ONNX reader and writer
+    from_arrays(W, R, B, gate_order=..., linear_before_reset=...)
+    load_any(path, fmt=None)                            any of the above files -> Model
+    validate_against(source, framework, x=None)         engine vs the source framework
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+_LAZY = {
+    "from_torch": ("converters.torch_io", "from_torch"),
+    "to_torch": ("converters.torch_io", "to_torch"),
+    "from_keras": ("converters.keras_io", "from_keras"),
+    "from_onnx": ("converters.onnx_io", "from_onnx"),
+    "to_onnx": ("converters.onnx_io", "to_onnx"),
+    "from_arrays": ("converters.arrays_io", "from_arrays"),
+}
+
+FORMATS = ("onnx", "keras", "torch")
+_EXT = {".onnx": "onnx", ".keras": "keras", ".h5": "keras", ".hdf5": "keras", ".pt": "torch", ".pth": "torch", ".ckpt": "torch", ".bin": "torch"}
+_FRAMEWORK_ALIASES = {"torch": "torch", "pytorch": "torch", "keras": "keras", "onnxruntime": "onnxruntime", "ort": "onnxruntime", "onnx": "onnxruntime"}
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def __getattr__(name):
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'converters' has no attribute {name!r}")
+    import importlib
+
+    fn = getattr(importlib.import_module(target[0]), target[1])
+    globals()[name] = fn
+    return fn
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))
+
+
+# --------------------------------------------------------------------------- format detection
+
+
+def detect_format(path) -> str:
+    """``"onnx"``, ``"keras"`` or ``"torch"`` for a model file: by extension, else by content
+    (a zip holding ``config.json`` is Keras, one holding ``*/data.pkl`` a torch.save file,
+    HDF5 is a legacy Keras file, a pickle a legacy torch file, a protobuf ModelProto ONNX)."""
+    from gru_engine.errors import ModelFileError
+
+    p = Path(os.fspath(path))
+    if not p.is_file():
+        raise ModelFileError(f"model file {str(p)!r} must exist")
+    name = p.name.lower()
+    if name.endswith(".weights.h5"):
+        return "keras"
+    fmt = _EXT.get(p.suffix.lower())
+    if fmt is not None:
+        return fmt
+    with open(p, "rb") as f:
+        head = f.read(8)
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(p) as z:
+                names = z.namelist()
+        except zipfile.BadZipFile:
+            raise ModelFileError(f"model file {str(p)!r} must be a complete zip archive (it starts like one)") from None
+        if "config.json" in names:
+            return "keras"
+        if any(n.endswith("data.pkl") for n in names):
+            return "torch"
+        raise ModelFileError(f"model file {str(p)!r} is a zip archive but neither a .keras nor a torch.save file: {names[:8]}")
+    if head.startswith(_HDF5_MAGIC):
+        return "keras"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "torch"
+    try:
+        import onnx
+
+        proto = onnx.load_model(str(p), load_external_data=False)
+        if proto.graph.node or proto.graph.input:
+            return "onnx"
+    except Exception:  # noqa: BLE001 - not ONNX either: fall through to the error
+        pass
+    raise ModelFileError(
+        f"model file {str(p)!r} must be ONNX, Keras (.keras/.h5) or a torch checkpoint (.pt/.pth); "
+        f"its format could not be recognised from the extension or the first bytes {head!r}"
+    )
+
+
+def load_any(path, fmt: str | None = None, **kwargs):
+    """Load a model file of any supported format as a :class:`gru_engine.Model`.
+
+    ``fmt`` (``"onnx"``, ``"keras"``, ``"torch"``) overrides :func:`detect_format`. Extra
+    keyword arguments go to the format's reader (e.g. ``prefix=`` for torch checkpoints).
+    """
+    from gru_engine.errors import ModelDefinitionError
+
+    if fmt is None:
+        fmt = detect_format(path)
+    fmt = {"pytorch": "torch", "pt": "torch", "h5": "keras"}.get(str(fmt).lower(), str(fmt).lower())
+    if fmt not in FORMATS:
+        raise ModelDefinitionError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+    fn = __getattr__({"onnx": "from_onnx", "keras": "from_keras", "torch": "from_torch"}[fmt])
+    return fn(os.fspath(path), **kwargs)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def default_input(model, batch: int = 2, steps: int = 7, seed: int = 0) -> np.ndarray:
+    """A seeded input for ``model``: token ids in [1, V) or floats in [-1, 1)."""
+    rng = np.random.default_rng(seed)
+    if model.takes_tokens:
+        V = model.layers[0].num_embeddings
+        return rng.integers(1 if V > 1 else 0, V, size=(batch, steps)).astype(np.int64)
+    return rng.uniform(-1, 1, size=(batch, steps, model.input_size)).astype(model.dtype)
+
+
+def compare(got, ref, atol: float = 1e-5) -> dict:
+    """``{"max_abs", "max_rel", "ok"}`` of ``got`` against ``ref``.
+
+    ``max_rel`` is ``max |got - ref| / max(|ref|, atol)`` elementwise; ``ok`` means the
+    shapes agree and ``max_abs <= atol``.
+    """
+    got = np.asarray(got, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    if got.shape != ref.shape:
+        return {"max_abs": float("inf"), "max_rel": float("inf"), "ok": False, "shape": [list(got.shape), list(ref.shape)]}
+    if got.size == 0:
+        return {"max_abs": 0.0, "max_rel": 0.0, "ok": True}
+    diff = np.abs(got - ref)
+    max_abs = float(np.max(diff))
+    max_rel = float(np.max(diff / np.maximum(np.abs(ref), atol)))
+    ok = bool(np.isfinite(max_abs) and max_abs <= atol)
+    return {"max_abs": max_abs, "max_rel": max_rel, "ok": ok}
+
+
+def validate_against(source, framework: str, x=None, atol: float = 1e-5, *, model=None, **kwargs) -> dict:
+    """Run the engine on the converted model and the source framework on the same input.
+
+    Parameters
+    ----------
+    source : the source model file (``.pt``/``.pth`` checkpoint, ``.keras``/``.h5``,
+        ``.onnx``), or for torch an ``nn.Module`` object.
+    framework : ``"torch"`` (the checkpoint loaded into real ``nn.GRU`` / ``nn.GRUCell`` /
+        ``nn.Embedding`` / ``nn.Linear`` modules built from its keys, or the module itself),
+        ``"keras"`` (``keras.saving.load_model(path, compile=False, safe_mode=True)``) or
+        ``"onnxruntime"`` (the ONNX file in onnxruntime's CPU provider).
+    x : the input; default :func:`default_input` of the converted model (batch-first).
+    model : the converted :class:`gru_engine.Model` to check; default ``load_any(source)``.
+    kwargs : passed to the reader (``prefix=``, ``last_step=``, ``activations=`` for torch).
+
+    Returns
+    -------
+    ``{output_name: {"max_abs", "max_rel", "ok"}}``; ``"y"`` is the model output, ``"h_n"``
+    the final GRU states where the framework returns them.
+    """
+    from gru_engine.errors import ModelDefinitionError
+
+    fw = _FRAMEWORK_ALIASES.get(str(framework).lower())
+    if fw is None:
+        raise ModelDefinitionError(f"framework must be one of torch, keras, onnxruntime, got {framework!r}")
+    if fw == "torch":
+        from .torch_io import validate_torch
+
+        return validate_torch(source, x=x, atol=atol, model=model, **kwargs)
+    if model is None:
+        model = load_any(source, "keras" if fw == "keras" else "onnx", **kwargs)
+    if x is None:
+        x = default_input(model)
+    y, h_n = model.run(x)
+    if fw == "keras":
+        return _validate_keras(source, x, y, h_n, atol)
+    return _validate_ort(source, x, y, h_n, model, atol)
+
+
+def _validate_keras(path, x, y, h_n, atol) -> dict:
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    import keras
+
+    km = keras.saving.load_model(os.fspath(path), compile=False, safe_mode=True)
+    out = km(x) if isinstance(x, np.ndarray) and x.dtype.kind == "f" else km(np.asarray(x))
+    outs = out if isinstance(out, (list, tuple)) else [out]
+    outs = [keras.ops.convert_to_numpy(o) for o in outs]
+    report = {"y": compare(y, outs[0], atol)}
+    # Keras return_state: extra outputs are the final states of the last GRU
+    if len(outs) > 1 and h_n is not None:
+        states = h_n if isinstance(h_n, list) else [h_n[i : i + 1] for i in range(h_n.shape[0])]
+        tail = [np.asarray(s)[0] for s in states[-(len(outs) - 1) :]]
+        for i, (o, s) in enumerate(zip(outs[1:], tail)):
+            report[f"state_{i}"] = compare(s, o, atol)
+    return report
+
+
+def _validate_ort(path, x, y, h_n, model, atol) -> dict:
+    """onnxruntime on the ONNX file, fed and read through the reader's :class:`Signature`
+    (time-major graphs, optional ``lengths`` / ``initial_state`` inputs)."""
+    import onnxruntime as ort
+
+    from .onnx_io import from_onnx
+
+    _, sig = from_onnx(os.fspath(path), return_signature=True)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(os.fspath(path), so, providers=["CPUExecutionProvider"])
+    x = np.asarray(x)
+    B, T = x.shape[0], x.shape[1]
+    feeds = {}
+    for inp in sess.get_inputs():
+        name = inp.name
+        if name == sig.x:
+            a = np.swapaxes(x, 0, 1) if sig.x_layout == "tbf" else x
+            feeds[name] = np.ascontiguousarray(a.astype(_ort_dtype(inp.type)))
+        elif name == sig.lengths:
+            feeds[name] = np.full(B, T, dtype=_ort_dtype(inp.type))
+        elif name == sig.initial_state:
+            shape = [d if isinstance(d, int) else (B if i == (0 if sig.state_layout == "bdh" else 1) else None) for i, d in enumerate(inp.shape)]
+            if h_n is None or isinstance(h_n, list) or None in shape:
+                feeds = None
+                break
+            zeros = np.zeros_like(h_n if sig.state_layout == "dbh" else np.swapaxes(h_n, 0, 1))
+            feeds[name] = zeros.astype(_ort_dtype(inp.type))
+        else:
+            from gru_engine.errors import UnsupportedError
+
+            raise UnsupportedError(f"{os.fspath(path)!r}: graph input {name!r} is not x, lengths or initial_state; cannot feed it")
+    if feeds is None:
+        from gru_engine.errors import UnsupportedError
+
+        raise UnsupportedError(f"{os.fspath(path)!r}: the initial_state input could not be fed zeros")
+    outs = sess.run([name for name, _, _ in sig.outputs], feeds)
+    expected = sig.from_model_outputs(y, h_n, model)
+    return {name: compare(got, ref, atol) for (name, _, _), got, ref in zip(sig.outputs, expected, outs)}
+
+
+def _ort_dtype(type_str: str):
+    return {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64, "tensor(int32)": np.int32}.get(
+        type_str, np.float32
+    )
