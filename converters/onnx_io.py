@@ -441,21 +441,24 @@ class Signature:
         out = []
         for name, kind, layout in self.outputs:
             if kind == "h_n":
-                a = h_n
-                if layout == "bdh":
-                    a = np.swapaxes(a, 0, 1)
+                a, src = h_n, "dbh"
             elif kind == "Y":
                 g = model.gru_layers[-1]
-                D, H = g.num_directions, g.hidden_size
-                a = y.reshape(y.shape[0], y.shape[1], D, H)  # (B, T, D, H)
-                if layout == "tdbh":
-                    a = a.transpose(1, 2, 0, 3)
+                a, src = y.reshape(y.shape[0], y.shape[1], g.num_directions, g.hidden_size), "btdh"
             else:
-                a = y
-                if layout == "tbf":
-                    a = np.swapaxes(a, 0, 1)
-            out.append(np.ascontiguousarray(a))
+                a, src = y, ("btf" if y.ndim == 3 else "bf")
+            out.append(np.ascontiguousarray(_to_layout(a, src, layout)))
         return out
+
+
+def _to_layout(a: np.ndarray, src: str, dst: str) -> np.ndarray:
+    """Permute axes labelled ``src`` into the order ``dst``; a "1" in ``dst`` inserts a unit axis."""
+    core = dst.replace("1", "")
+    a = a.transpose([src.index(c) for c in core])
+    for i, c in enumerate(dst):
+        if c == "1":
+            a = np.expand_dims(a, i)
+    return a
 
 
 def _load_proto(source) -> tuple[onnx.ModelProto, str]:
@@ -478,7 +481,8 @@ def _load_proto(source) -> tuple[onnx.ModelProto, str]:
     if not data:
         raise ModelFileError(f"{label} must be an ONNX model, got an empty file")
     try:
-        proto = onnx.load_model_from_string(data, load_external_data=False)
+        proto = onnx.ModelProto()
+        proto.ParseFromString(data)
     except Exception as e:  # protobuf DecodeError and friends
         raise ModelFileError(f"{label} must be an ONNX model file, got undecodable data ({type(e).__name__}: {e})") from None
     if not proto.HasField("graph") or (not proto.graph.node and not proto.graph.output):
@@ -577,9 +581,7 @@ def from_onnx(source, *, return_signature: bool = False, dtype=None):
     if proto.producer_name == PRODUCER and LAYERS_KEY in props:
         model, sig = _from_own(proto, props, label)
     else:
-        from ._onnx_graph import interpret
-
-        model, sig = interpret(proto, label)
+        model, sig = _Interp(proto, label).run()
     if dtype is not None:
         model = model.astype(dtype)
     return (model, sig) if return_signature else model
@@ -633,3 +635,1414 @@ def _check_gru_sizes(kw, where):
         a = kw.get(n)
         if a is not None and any(d > max(config.MAX_DIM * 3, config.MAX_DIM) for d in a.shape[1:]):
             raise ModelFileError(f"{where}: {n} must have dims at most {config.MAX_DIM} per gate, got {a.shape}")
+
+
+# =========================================================================== graph interpreter
+#
+# Abstract values:
+#   numpy array             a folded constant
+#   _Shp                    a 0-/1-D int tensor derived from shapes; elements int or _Sym
+#   _Filled                 a tensor filled with one value (ConstantOfShape / Expand), shape symbolic
+#   _Seq                    the data flowing through the model: labelled axes, the chain of layers
+#   _Expr                   element-wise arithmetic over one _Seq (activations written out by hand)
+#   _StateIn                rows [start, stop) of a graph input used as GRU initial_h
+#   _LenIn                  a graph input used as GRU sequence_lens
+#   _HN                     Y_h of several GRU layers concatenated on axis 0 (PyTorch h_n)
+
+
+@dataclass(frozen=True)
+class _Sym:
+    """A symbolic dimension: ``coef * prod(factors)`` (factors: axis labels such as "T", "B", "x0")."""
+
+    coef: int
+    factors: tuple
+
+    def __mul__(self, other):
+        if isinstance(other, _Sym):
+            return _sym(self.coef * other.coef, self.factors + other.factors)
+        return _sym(self.coef * int(other), self.factors)
+
+    __rmul__ = __mul__
+
+    def __repr__(self):
+        return "*".join(([str(self.coef)] if self.coef != 1 else []) + list(self.factors))
+
+
+def _sym(coef, factors):
+    if not factors or coef == 0:
+        return int(coef)
+    return _Sym(int(coef), tuple(sorted(factors)))
+
+
+@dataclass
+class _Shp:
+    elems: tuple  # int or _Sym
+    scalar: bool = False
+
+
+@dataclass
+class _Filled:
+    shape: tuple  # int or _Sym; None when unknown
+    value: float
+    dtype: np.dtype
+
+
+@dataclass
+class _Seq:
+    axes: tuple  # labels: "x0", "x1" (graph input dims, bound later), "T", "B", "F", "D", "H", "1"
+    chain: tuple  # layers / ("gru", index, return_sequences)
+    sizes: dict  # label -> int for "F", "D", "H"
+    tokens: bool = False
+    gru: int | None = None  # for Y (has "D") / Y_h (no "T"): the GRU's index
+    dsel: tuple | None = None  # Y_h directions selected and concatenated on "H"
+
+
+@dataclass
+class _Expr:
+    base: _Seq
+    tree: tuple
+
+
+@dataclass
+class _StateIn:
+    name: str
+    start: int
+    stop: int | None  # None: to the end
+    layout: str = "dbh"
+
+
+@dataclass
+class _LenIn:
+    name: str
+
+
+@dataclass
+class _HN:
+    grus: tuple  # GRU indices in order
+
+
+_INT_MAX = 2**62
+
+# Ops the interpreter understands (for the "supported" list of errors).
+_GLUE_OPS = (
+    "Constant", "Identity", "Dropout", "Cast", "CastLike", "Shape", "Size", "Gather", "Squeeze", "Unsqueeze",
+    "Concat", "Slice", "Reshape", "Flatten", "Transpose", "ConstantOfShape", "Expand", "Mul", "Add", "Sub",
+    "Div", "Neg", "Range", "Equal", "Where", "Not", "Less", "Greater", "Max", "Min", "Abs", "ReduceProd",
+)
+_LAYER_OPS = ("GRU", "MatMul", "Gemm", "Softmax")
+_UNARY = {
+    "Sigmoid": "sigmoid", "Tanh": "tanh", "Relu": "relu", "Softplus": "softplus", "Softsign": "softsign",
+    "Exp": "exp", "Erf": "erf", "Neg": "neg", "Abs": "abs", "Sqrt": "sqrt", "Log": "log",
+    "Reciprocal": "recip", "Elu": "elu", "LeakyRelu": "leaky", "HardSigmoid": "hsig", "Selu": "selu",
+    "Gelu": "gelu", "HardSwish": "hswish", "Identity": None,
+}
+_BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Pow": "pow"}
+
+
+def _supported_ops() -> str:
+    return ", ".join(sorted(set(_GLUE_OPS) | set(_LAYER_OPS) | set(_UNARY) | set(_BINARY)))
+
+
+def _eval_tree(tree, x):
+    op = tree[0]
+    if op == "x":
+        return x
+    if op == "c":
+        return np.full_like(x, tree[1])
+    a = [_eval_tree(t, x) for t in tree[1:] if isinstance(t, tuple)]
+    p = [t for t in tree[1:] if not isinstance(t, tuple)]
+    with np.errstate(all="ignore"):
+        if op == "add":
+            return a[0] + a[1]
+        if op == "sub":
+            return a[0] - a[1]
+        if op == "mul":
+            return a[0] * a[1]
+        if op == "div":
+            return a[0] / a[1]
+        if op == "pow":
+            return np.power(a[0], a[1])
+        v = a[0]
+        if op == "sigmoid":
+            return 1 / (1 + np.exp(-v))
+        if op == "tanh":
+            return np.tanh(v)
+        if op == "relu":
+            return np.maximum(v, 0)
+        if op == "softplus":
+            return np.logaddexp(0, v)
+        if op == "softsign":
+            return v / (1 + np.abs(v))
+        if op == "exp":
+            return np.exp(v)
+        if op == "erf":
+            from scipy.special import erf
+
+            return erf(v)
+        if op == "neg":
+            return -v
+        if op == "abs":
+            return np.abs(v)
+        if op == "sqrt":
+            return np.sqrt(v)
+        if op == "log":
+            return np.log(v)
+        if op == "recip":
+            return 1 / v
+        if op == "elu":
+            return np.where(v > 0, v, p[0] * (np.exp(np.minimum(v, 0)) - 1))
+        if op == "leaky":
+            return np.where(v >= 0, v, p[0] * v)
+        if op == "hsig":
+            return np.clip(p[0] * v + p[1], 0, 1)
+        if op == "selu":
+            return p[1] * np.where(v > 0, v, p[0] * (np.exp(np.minimum(v, 0)) - 1))
+        if op == "gelu":
+            from scipy.special import erf
+
+            if p[0] == "tanh":
+                return 0.5 * v * (1 + np.tanh(0.7978845608028654 * (v + 0.044715 * v**3)))
+            return 0.5 * v * (1 + erf(v / np.sqrt(2)))
+        if op == "hswish":
+            return v * np.clip(v / 6 + 0.5, 0, 1)
+    raise AssertionError(op)  # pragma: no cover
+
+
+_PROBE = np.concatenate([np.linspace(-8, 8, 641), [-1.0, -0.3, 0.0, 0.3, 1.0]])
+
+
+def _dense_act_ref(act: str, alpha: float, v):
+    """float64 reference of the engine's Dense activations (as kernels_cpu.dense_act_inplace)."""
+    from scipy.special import erf
+
+    with np.errstate(all="ignore"):
+        return {
+            "linear": lambda: v,
+            "sigmoid": lambda: 1 / (1 + np.exp(-v)),
+            "tanh": lambda: np.tanh(v),
+            "relu": lambda: np.maximum(v, 0),
+            "hard_sigmoid": lambda: np.clip(v / 6 + 0.5, 0, 1),
+            "elu": lambda: np.where(v > 0, v, (alpha or 1.0) * (np.exp(np.minimum(v, 0)) - 1)),
+            "selu": lambda: 1.0507009873554805 * np.where(v > 0, v, 1.6732632423543772 * (np.exp(np.minimum(v, 0)) - 1)),
+            "gelu": lambda: 0.5 * v * (1 + erf(v / np.sqrt(2))),
+            "swish": lambda: v / (1 + np.exp(-v)),
+            "softplus": lambda: np.logaddexp(0, v),
+            "softsign": lambda: v / (1 + np.abs(v)),
+            "leaky_relu": lambda: np.where(v >= 0, v, alpha * v),
+            "gelu_tanh": lambda: 0.5 * v * (1 + np.tanh(0.7978845608028654 * (v + 0.044715 * v**3))),
+            "exp": lambda: np.exp(v),
+        }[act]()
+
+
+def _identify_activation(tree):
+    """The engine activation ``(name, alpha)`` that the element-wise ``tree`` computes, or
+    ("affine", (a, b)), or None. Found numerically on probe points (float64)."""
+    f = _eval_tree(tree, _PROBE.copy())
+    if not np.all(np.isfinite(f)):
+        fin = np.isfinite(f)
+        if not fin.any():
+            return None
+    else:
+        fin = np.ones_like(f, bool)
+
+    def close(g):
+        g = np.asarray(g)
+        ok = np.isfinite(g) == np.isfinite(f)
+        if not ok.all():
+            return False
+        return bool(np.all(np.abs(f[fin] - g[fin]) <= 1e-6 * (1 + np.abs(g[fin]))))
+
+    i_m1 = 641  # index of -1.0
+    for act in ("linear", "sigmoid", "tanh", "relu", "hard_sigmoid", "selu", "gelu", "gelu_tanh", "swish",
+                "softplus", "softsign", "exp"):
+        if close(_dense_act_ref(act, 0.0, _PROBE)):
+            return act, 0.0
+    a_leaky = -float(f[i_m1])
+    if np.isfinite(a_leaky) and close(_dense_act_ref("leaky_relu", a_leaky, _PROBE)):
+        return "leaky_relu", a_leaky
+    a_elu = float(f[i_m1]) / (np.exp(-1.0) - 1)
+    if np.isfinite(a_elu) and a_elu != 0 and close(_dense_act_ref("elu", a_elu, _PROBE)):
+        return "elu", a_elu
+    b0 = float(_eval_tree(tree, np.zeros(1))[0])
+    a1 = float(_eval_tree(tree, np.ones(1))[0]) - b0
+    if np.isfinite(a1) and np.isfinite(b0) and close(a1 * _PROBE + b0):
+        return "affine", (a1, b0)
+    return None
+
+
+class _Interp:
+    def __init__(self, proto: onnx.ModelProto, label: str):
+        self.proto = proto
+        self.g = proto.graph
+        self.label = label
+        self.opset = 1
+        for o in proto.opset_import:
+            if o.domain in ("", "ai.onnx"):
+                self.opset = o.version
+        self.env: dict = {}
+        self.bind: dict = {}  # "x0"/"x1" -> "T"/"B"
+        self.grus: list = []  # dicts: layer, chain_before, state, lengths, node
+        self.x_name = None
+        self.x_seq = None
+
+    # ----------------------------------------------------------------- helpers
+    def where(self, node) -> str:
+        return f"{self.label}: node {node.name or '(unnamed)'!r} ({node.op_type})"
+
+    def unsupported(self, node, what: str):
+        raise UnsupportedError(f"{self.where(node)}: {what}")
+
+    def norm_label(self, lab):
+        return self.bind.get(lab, lab)
+
+    def norm_dim(self, d):
+        if isinstance(d, _Sym):
+            return _sym(d.coef, tuple(self.norm_label(f) for f in d.factors))
+        return int(d)
+
+    def dim_eq(self, a, b) -> bool:
+        return self.norm_dim(a) == self.norm_dim(b)
+
+    def axis_size(self, v: _Seq, lab):
+        if lab in v.sizes:
+            return v.sizes[lab]
+        if lab == "1":
+            return 1
+        static = self.static.get(self.norm_label(lab))
+        if static is not None:
+            return static
+        return _sym(1, (lab,))
+
+    def const(self, name, node=None, what="input"):
+        v = self.env.get(name)
+        if isinstance(v, _Shp) and all(isinstance(e, int) for e in v.elems):
+            v = np.array(v.elems[0] if v.scalar else list(v.elems), np.int64)
+        if not isinstance(v, np.ndarray):
+            if node is not None:
+                self.unsupported(node, f"{what} {name!r} must be a constant, got a value computed from the model input")
+            return None
+        return v
+
+    def attrs(self, node) -> dict:
+        return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+    def check_size(self, node, shape):
+        n = 1
+        for d in shape:
+            if isinstance(d, _Sym):
+                continue
+            if int(d) < 0:
+                raise ModelFileError(f"{self.where(node)}: shape must be non-negative, got {list(shape)}")
+            n *= int(d)
+            if n > config.MAX_TENSOR_ELEMENTS:
+                raise ModelFileError(
+                    f"{self.where(node)}: tensor must have at most {config.MAX_TENSOR_ELEMENTS} elements "
+                    f"(config.MAX_TENSOR_ELEMENTS), got shape {list(shape)}")
+
+    # ----------------------------------------------------------------- entry
+    def run(self):
+        g = self.g
+        inits = {}
+        for t in g.initializer:
+            inits[t.name] = t
+        for t in g.sparse_initializer:
+            raise UnsupportedError(f"{self.label}: sparse initializer {t.values.name!r} is not supported")
+        for name, t in inits.items():
+            self.env[name] = tensor_to_array(t, self.label)
+        self.static = {}
+        self.graph_inputs = [i for i in g.input if i.name not in inits]
+        roles = self.input_roles()
+        for inp in self.graph_inputs:
+            role = roles.get(inp.name, "x")
+            tt = inp.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+            if role == "state":
+                self.env[inp.name] = _StateIn(inp.name, 0, None)
+            elif role == "lengths":
+                self.env[inp.name] = _LenIn(inp.name)
+            else:
+                if self.x_name is not None:
+                    raise UnsupportedError(
+                        f"{self.label}: the graph must have one data input, got {self.x_name!r} and {inp.name!r} "
+                        f"(besides initial_h / sequence_lens inputs)")
+                self.x_name = inp.name
+                elem = tt.elem_type
+                if elem in (TensorProto.INT64, TensorProto.INT32):
+                    if len(dims) != 2:
+                        raise UnsupportedError(f"{self.label}: token input {inp.name!r} must have rank 2, got {len(dims)}")
+                    v = _Seq(("x0", "x1"), (), {}, tokens=True)
+                elif elem in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16):
+                    if len(dims) != 3 or dims[2] is None:
+                        raise UnsupportedError(
+                            f"{self.label}: input {inp.name!r} must have rank 3 with a fixed feature size, got "
+                            f"shape {[d if d is not None else '?' for d in dims]}")
+                    v = _Seq(("x0", "x1", "F"), (), {"F": int(dims[2])})
+                    if dims[2] > config.MAX_DIM:
+                        raise ModelFileError(f"{self.label}: input {inp.name!r} feature size must be at most "
+                                             f"{config.MAX_DIM}, got {dims[2]}")
+                else:
+                    raise UnsupportedError(f"{self.label}: input {inp.name!r} has unsupported element type "
+                                           f"{TensorProto.DataType.Name(elem)}")
+                for i, lab in enumerate(("x0", "x1")):
+                    if dims[i] is not None and dims[i] > 0:
+                        self.static[lab] = int(dims[i])
+                self.x_seq = v
+                self.x_dtype = {TensorProto.INT64: "int64", TensorProto.INT32: "int32",
+                                TensorProto.DOUBLE: "float64"}.get(elem, "float32")
+                self.env[inp.name] = v
+        if self.x_name is None:
+            raise UnsupportedError(f"{self.label}: the graph must have a data input, got none")
+        for node in g.node:
+            self.eval_node(node)
+        return self.finish()
+
+    def input_roles(self) -> dict:
+        """Graph inputs that feed GRU initial_h (through slicing glue) or sequence_lens."""
+        producer = {o: n for n in self.g.node for o in n.output}
+        names = {i.name for i in self.graph_inputs}
+        roles = {}
+        passthrough = {"Identity", "Cast", "Slice", "Gather", "Squeeze", "Unsqueeze", "Transpose", "Reshape", "Split"}
+
+        def trace(name):
+            seen = 0
+            while name not in names and seen < 64:
+                n = producer.get(name)
+                if n is None or n.op_type not in passthrough or not n.input:
+                    return None
+                name = n.input[0]
+                seen += 1
+            return name if name in names else None
+
+        for n in self.g.node:
+            if n.op_type != "GRU":
+                continue
+            if len(n.input) > 4 and n.input[4]:
+                src = trace(n.input[4])
+                if src:
+                    roles[src] = "lengths"
+            if len(n.input) > 5 and n.input[5]:
+                src = trace(n.input[5])
+                if src:
+                    roles[src] = "state"
+        return roles
+
+    # ----------------------------------------------------------------- node dispatch
+    def eval_node(self, node):
+        if node.domain not in ("", "ai.onnx"):
+            self.unsupported(node, f"domain {node.domain!r} is not supported; supported: the default ONNX domain, ops "
+                                   f"{_supported_ops()}")
+        ins = []
+        for n in node.input:
+            if not n:
+                ins.append(None)
+            elif n not in self.env:
+                raise ModelFileError(f"{self.where(node)}: input {n!r} must be a graph input, an initializer or the "
+                                     f"output of an earlier node, got none (missing initializer?)")
+            else:
+                ins.append(self.env[n])
+        op = node.op_type
+        if op == "Constant":
+            outs = [self.constant_node(node)]
+        elif self.all_const(ins) and op in _FOLDABLE:
+            outs = self.fold(node, ins)
+        else:
+            fn = getattr(self, f"op_{op}", None)
+            if fn is None and op in _UNARY:
+                fn = self.op_unary
+            if fn is None and op in _BINARY:
+                fn = self.op_binary
+            if fn is None:
+                self.unsupported(node, f"op {op!r} is not supported; supported ops: {_supported_ops()}")
+            outs = fn(node, ins)
+            if not isinstance(outs, list):
+                outs = [outs]
+        for name, v in zip(node.output, outs):
+            if name:
+                self.env[name] = v
+
+    def all_const(self, ins) -> bool:
+        return all(
+            v is None or isinstance(v, np.ndarray) or (isinstance(v, _Shp) and all(isinstance(e, int) for e in v.elems))
+            for v in ins
+        )
+
+    def as_np(self, v):
+        if isinstance(v, _Shp):
+            return np.array(v.elems[0] if v.scalar else list(v.elems), np.int64)
+        return v
+
+    def constant_node(self, node):
+        a = node.attribute[0] if len(node.attribute) == 1 else None
+        if a is None:
+            self.unsupported(node, "a Constant must have exactly one value attribute")
+        if a.name == "value":
+            return tensor_to_array(a.t, self.label)
+        if a.name == "value_float":
+            return np.array(a.f, np.float32)
+        if a.name == "value_floats":
+            return np.array(list(a.floats), np.float32)
+        if a.name == "value_int":
+            return np.array(a.i, np.int64)
+        if a.name == "value_ints":
+            return np.array(list(a.ints), np.int64)
+        self.unsupported(node, f"attribute {a.name!r} is not supported; supported: value, value_float(s), value_int(s)")
+
+    def fold(self, node, ins):
+        """Evaluate a node whose inputs are all constants (after size checks)."""
+        arrs = [None if v is None else self.as_np(v) for v in ins]
+        op = node.op_type
+        if op == "ConstantOfShape":
+            self.check_size(node, [int(d) for d in arrs[0].reshape(-1)])
+        elif op == "Expand":
+            self.check_size(node, np.broadcast_shapes(arrs[0].shape, tuple(1 for _ in arrs[1].reshape(-1)))
+                            if False else [max(int(a), 1) for a in arrs[1].reshape(-1)] + list(arrs[0].shape))
+        elif op == "Range":
+            start, limit, delta = (float(a) for a in arrs[:3])
+            if delta == 0 or not np.isfinite([start, limit, delta]).all():
+                raise ModelFileError(f"{self.where(node)}: Range delta must be nonzero and finite, got {delta}")
+            self.check_size(node, [max(int(np.ceil((limit - start) / delta)), 0)])
+        elif op == "Tile":
+            self.check_size(node, list(np.asarray(arrs[0].shape) * np.maximum(arrs[1].reshape(-1), 1)))
+        from onnx.reference import ReferenceEvaluator
+
+        feeds, names = {}, []
+        for i, (n, a) in enumerate(zip(node.input, arrs)):
+            if a is None:
+                names.append("")
+                continue
+            nm = f"i{i}"
+            names.append(nm)
+            feeds[nm] = np.asarray(a)
+        outs = [f"o{i}" if o else "" for i, o in enumerate(node.output)]
+        n2 = helper.make_node(op, names, outs, **self.attrs(node))
+        g = helper.make_graph(
+            [n2], "fold",
+            [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape) for k, v in feeds.items()],
+            [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in outs if o],
+        )
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", self.opset)])
+        try:
+            res = ReferenceEvaluator(m).run(None, feeds)
+        except Exception as e:
+            raise ModelFileError(f"{self.where(node)}: constant inputs must be consistent, got {type(e).__name__}: {e}") from None
+        out, it = [], iter(res)
+        for o in outs:
+            out.append(np.asarray(next(it)) if o else None)
+        return out
+
+    # ----------------------------------------------------------------- glue
+    def op_Identity(self, node, ins):
+        return ins[0]
+
+    def op_Dropout(self, node, ins):
+        if len(ins) > 2 and ins[2] is not None:
+            tm = self.const(node.input[2], node, "training_mode")
+            if bool(np.asarray(tm).reshape(-1)[0]):
+                self.unsupported(node, "training_mode=True is not supported (inference only)")
+        return [ins[0], None]
+
+    def op_Cast(self, node, ins):
+        v = ins[0]
+        to = self.attrs(node).get("to")
+        if isinstance(v, _Seq) and v.tokens and to in (TensorProto.FLOAT, TensorProto.DOUBLE):
+            self.unsupported(node, "token ids cast to floats are not supported")
+        if isinstance(v, _Filled):
+            return _Filled(v.shape, v.value, v.dtype)
+        return v
+
+    def op_CastLike(self, node, ins):
+        return ins[0]
+
+    def shape_of(self, node, v):
+        if isinstance(v, _Expr):
+            v = v.base
+        if isinstance(v, _Seq):
+            return [self.axis_size(v, lab) for lab in v.axes]
+        if isinstance(v, _Filled) and v.shape is not None:
+            return list(v.shape)
+        if isinstance(v, np.ndarray):
+            return list(v.shape)
+        self.unsupported(node, f"the shape of {type(v).__name__.strip('_')} values is not supported")
+
+    def op_Shape(self, node, ins):
+        dims = self.shape_of(node, ins[0])
+        a = self.attrs(node)
+        start, end = a.get("start", 0), a.get("end", None)
+        dims = dims[slice(start, end)]
+        return self.shp(dims)
+
+    def op_Size(self, node, ins):
+        n = 1
+        for d in self.shape_of(node, ins[0]):
+            n = d * n if isinstance(d, _Sym) else (n * d if isinstance(n, _Sym) else n * d)
+        return self.shp([n], scalar=True)
+
+    def shp(self, elems, scalar=False):
+        elems = [self.norm_dim(e) if isinstance(e, _Sym) else int(e) for e in elems]
+        if all(isinstance(e, int) for e in elems):
+            return np.array(elems[0] if scalar else elems, np.int64)
+        return _Shp(tuple(elems), scalar)
+
+    def shp_elems(self, v):
+        if isinstance(v, _Shp):
+            return list(v.elems), v.scalar
+        a = np.asarray(v)
+        return [int(x) for x in a.reshape(-1)], a.ndim == 0
+
+    def op_Gather(self, node, ins):
+        data, idx = ins[0], ins[1]
+        axis = self.attrs(node).get("axis", 0)
+        if isinstance(data, np.ndarray) and isinstance(idx, _Seq) and idx.tokens:
+            if data.ndim != 2 or axis != 0 or idx.chain:
+                self.unsupported(node, "only an embedding lookup Gather(table (V, E), token ids) is supported")
+            emb = Embedding(table=data, name=node.name)
+            return _Seq(idx.axes + ("F",), (emb,), {"F": int(data.shape[1])})
+        if isinstance(data, _Shp):
+            i = self.const(node.input[1], node, "indices")
+            el = list(data.elems)
+            picked = [el[int(k)] for k in np.asarray(i).reshape(-1)]
+            return self.shp(picked, scalar=np.asarray(i).ndim == 0)
+        i = self.const(node.input[1], node, "indices")
+        if isinstance(data, _HN):
+            if axis != 0 or np.asarray(i).ndim != 0:
+                self.unsupported(node, "only h_n[k] (a scalar index on axis 0) is supported on concatenated GRU states")
+            rows = [(g, d) for g in data.grus for d in range(self.grus[g]["layer"].num_directions)]
+            k = int(i)
+            if not -len(rows) <= k < len(rows):
+                raise ModelFileError(f"{self.where(node)}: index must lie in [-{len(rows)}, {len(rows)}), got {k}")
+            g, d = rows[k]
+            return self.yh_select(g, d)
+        if isinstance(data, _StateIn):
+            if axis != 0:
+                self.unsupported(node, "initial state inputs may only be indexed on axis 0")
+            k = np.asarray(i)
+            if k.size != 1:
+                self.unsupported(node, "initial state inputs may only be indexed by one row")
+            k = int(k.reshape(-1)[0])
+            if k < 0:
+                self.unsupported(node, "negative row indices into initial state inputs are not supported")
+            return _StateIn(data.name, data.start + k, data.start + k + 1, data.layout + ("s" if np.asarray(i).ndim == 0 else ""))
+        if isinstance(data, _Filled):
+            return _Filled(None, data.value, data.dtype)
+        v = self.mat(data, node)
+        ax = axis % len(v.axes)
+        lab = self.norm_label(v.axes[ax])
+        k = np.asarray(i)
+        if k.ndim != 0:
+            self.unsupported(node, "Gather on the data path must take one scalar index")
+        k = int(k)
+        if v.gru is not None and "T" not in v.axes and lab == "D":
+            return self.yh_select(v.gru, k % v.sizes["D"], base=v, axis=ax)
+        if lab == "T" and k == -1:
+            return self.last_step(node, v, ax, keep=False)
+        if lab == "1" and k in (0, -1):
+            return dataclasses.replace(v, axes=v.axes[:ax] + v.axes[ax + 1:])
+        self.unsupported(node, f"Gather index {k} on axis {lab!r} of the data is not supported (supported: the "
+                               f"last time step -1, an embedding lookup, a direction of Y_h)")
+
+    def yh_select(self, g, d, base=None, axis=None):
+        layer = self.grus[g]["layer"]
+        H = layer.hidden_size
+        layout = self.grus[g]["layout"]
+        axes = ("B", "H") if base is None else base.axes[:axis] + base.axes[axis + 1:]
+        if base is None and layout == 1:
+            axes = ("B", "H")
+        v = _Seq(axes, self.grus[g]["chain_before"] + (("gru", g, True),), {"H": H}, gru=g, dsel=(d,))
+        return self.maybe_yh_data(v)
+
+    def maybe_yh_data(self, v: _Seq):
+        """A Y_h value whose directions are all selected, in order, becomes the last-step output."""
+        D = self.grus[v.gru]["layer"].num_directions
+        if v.dsel is not None and tuple(v.dsel) == tuple(range(D)):
+            chain = self.grus[v.gru]["chain_before"] + (("gru", v.gru, False),)
+            axes = tuple("F" if a == "H" else a for a in v.axes)
+            return _Seq(axes, chain, {"F": D * v.sizes["H"]})
+        return v
+
+    def last_step(self, node, v: _Seq, ax: int, keep: bool):
+        chain = v.chain
+        k = max((i for i, e in enumerate(chain) if isinstance(e, tuple) and e[0] == "gru"), default=None)
+        if k is None or "D" in v.axes:
+            self.unsupported(node, "selecting one time step is supported only on the output of a GRU")
+        for e in chain[k + 1:]:
+            if not isinstance(e, (Dense, Activation)):
+                self.unsupported(node, f"selecting the last time step after a {e.kind} layer is not supported")
+        g = chain[k][1]
+        info = self.grus[g]
+        if info["layer"].direction != "forward":
+            self.unsupported(node, f"out[:, -1] of a {info['layer'].direction} GRU is not the final state of its "
+                                   f"reverse direction and has no canonical form; use h_n (Y_h) instead")
+        if info["lengths"] is not None:
+            self.unsupported(node, "selecting the last time step of a GRU with sequence_lens is not supported")
+        new = chain[:k] + (("gru", g, False),) + chain[k + 1:]
+        axes = v.axes[:ax] + (("1",) if keep else ()) + v.axes[ax + 1:]
+        return _Seq(axes, new, dict(v.sizes))
+
+    def axes_of(self, node, idx_in: int, attr: str = "axes"):
+        a = self.attrs(node)
+        if attr in a:
+            return [int(x) for x in a[attr]]
+        if len(node.input) > idx_in and node.input[idx_in]:
+            return [int(x) for x in np.asarray(self.const(node.input[idx_in], node, attr)).reshape(-1)]
+        return None
+
+    def op_Squeeze(self, node, ins):
+        v = ins[0]
+        axes = self.axes_of(node, 1)
+        if isinstance(v, _Shp):
+            if len(v.elems) == 1:
+                return _Shp(v.elems, True)
+            self.unsupported(node, "Squeeze of a shape vector with more than one element")
+        if isinstance(v, _StateIn):
+            self.unsupported(node, "Squeeze of an initial state input is not supported")
+        if isinstance(v, _Filled):
+            return _Filled(None, v.value, v.dtype)
+        v = v if isinstance(v, _Seq) else self.mat(v, node)
+        n = len(v.axes)
+        if axes is None:
+            axes = [i for i, lab in enumerate(v.axes) if lab == "1" or (lab == "D" and v.sizes.get("D") == 1)]
+        axes = sorted({a % n for a in axes})
+        for a in axes:
+            lab = v.axes[a]
+            if not (lab == "1" or (lab == "D" and (v.sizes.get("D") == 1 or v.dsel is not None))):
+                self.unsupported(node, f"Squeeze of axis {a} ({lab!r}) of the data is not supported")
+        keep = tuple(lab for i, lab in enumerate(v.axes) if i not in axes)
+        out = dataclasses.replace(v, axes=keep)
+        if "D" in v.axes and "D" not in keep:
+            if v.gru is not None and "T" not in v.axes:  # Y_h of one direction
+                out = dataclasses.replace(out, dsel=(0,), sizes={"H": v.sizes["H"]})
+                return self.maybe_yh_data(out)
+            out = dataclasses.replace(out, axes=tuple("F" if a == "H" else a for a in keep),
+                                      sizes={"F": v.sizes["H"]}, gru=None)
+        return out
+
+    def op_Unsqueeze(self, node, ins):
+        v = ins[0]
+        axes = self.axes_of(node, 1)
+        if isinstance(v, _Shp):
+            if v.scalar and axes in ([0], [-1]):
+                return _Shp(v.elems, False)
+            self.unsupported(node, "Unsqueeze of a shape vector")
+        if isinstance(v, _StateIn):
+            if v.layout.endswith("s") and axes == [0]:
+                return _StateIn(v.name, v.start, v.stop, v.layout[:-1])
+            self.unsupported(node, "Unsqueeze of an initial state input is supported only on axis 0 after a row Gather")
+        if isinstance(v, _Filled):
+            return _Filled(None, v.value, v.dtype)
+        v = self.mat(v, node)
+        n = len(v.axes) + len(axes)
+        axes_l = list(v.axes)
+        for a in sorted(x % n for x in axes):
+            axes_l.insert(a, "1")
+        return dataclasses.replace(v, axes=tuple(axes_l))
+
+    def op_Concat(self, node, ins):
+        axis = self.attrs(node).get("axis", 0)
+        if all(isinstance(v, (_Shp, np.ndarray)) for v in ins):
+            el = []
+            for v in ins:
+                e, _ = self.shp_elems(v)
+                el.extend(e)
+            return self.shp(el)
+        if all(isinstance(v, (_HN, _Seq)) for v in ins) and all(
+            isinstance(v, _HN) or (v.gru is not None and "T" not in v.axes and v.dsel is None and v.axes[0] == "D")
+            for v in ins
+        ) and axis == 0:
+            grus = []
+            for v in ins:
+                grus.extend(v.grus if isinstance(v, _HN) else [v.gru])
+            return _HN(tuple(grus))
+        if all(isinstance(v, _Seq) and v.dsel is not None for v in ins):
+            g = {v.gru for v in ins}
+            n = len(ins[0].axes)
+            if len(g) == 1 and axis % n == n - 1:
+                d = tuple(x for v in ins for x in v.dsel)
+                out = dataclasses.replace(ins[0], dsel=d)
+                return self.maybe_yh_data(out)
+        if all(isinstance(v, _Filled) for v in ins) and len({v.value for v in ins}) == 1:
+            return _Filled(None, ins[0].value, ins[0].dtype)
+        self.unsupported(node, "Concat is supported on shapes, on GRU final states (h_n) and on the two "
+                               "directions of a final state")
+
+    def slice_params(self, node, ins):
+        a = self.attrs(node)
+        if self.opset < 10 or "starts" in a:
+            starts, ends = a.get("starts"), a.get("ends")
+            axes, steps = a.get("axes"), None
+        else:
+            starts = self.const(node.input[1], node, "starts")
+            ends = self.const(node.input[2], node, "ends")
+            axes = self.const(node.input[3], node, "axes") if len(node.input) > 3 and node.input[3] else None
+            steps = self.const(node.input[4], node, "steps") if len(node.input) > 4 and node.input[4] else None
+        starts = [int(x) for x in np.asarray(starts).reshape(-1)]
+        ends = [int(x) for x in np.asarray(ends).reshape(-1)]
+        axes = list(range(len(starts))) if axes is None else [int(x) for x in np.asarray(axes).reshape(-1)]
+        steps = [1] * len(starts) if steps is None else [int(x) for x in np.asarray(steps).reshape(-1)]
+        return starts, ends, axes, steps
+
+    def op_Slice(self, node, ins):
+        v = ins[0]
+        starts, ends, axes, steps = self.slice_params(node, ins)
+        if isinstance(v, _Shp):
+            el = list(v.elems)
+            for s, e, ax, st in zip(starts, ends, axes, steps):
+                el = el[slice(s, min(e, _INT_MAX), st)]
+            return self.shp(el)
+        if isinstance(v, _Filled):
+            return _Filled(None, v.value, v.dtype)
+        if isinstance(v, _StateIn):
+            if axes != [0] or steps != [1] or v.layout.endswith("s"):
+                self.unsupported(node, "initial state inputs may only be sliced on axis 0 with step 1")
+            s, e = starts[0], ends[0]
+            if s < 0 or e < 0:
+                self.unsupported(node, "negative bounds when slicing an initial state input are not supported")
+            base = v.start
+            stop = None if e >= _INT_MAX // 2 else base + e
+            if v.stop is not None:
+                stop = v.stop if stop is None else min(stop, v.stop)
+            return _StateIn(v.name, base + s, stop, v.layout)
+        v = self.mat(v, node)
+        out = v
+        for s, e, ax, st in zip(starts, ends, axes, steps):
+            ax %= len(v.axes)
+            lab = self.norm_label(v.axes[ax])
+            size = self.axis_size(v, v.axes[ax])
+            if st == 1 and s == 0 and (e >= _INT_MAX // 2 or (isinstance(size, int) and e >= size)):
+                continue
+            if lab == "T" and st == 1 and s == -1 and e >= _INT_MAX // 2:
+                out = self.last_step(node, out, ax, keep=True)
+                continue
+            self.unsupported(node, f"Slice [{s}:{e}:{st}] on axis {lab!r} of the data is not supported "
+                                   f"(supported: the last time step [-1:], whole axes)")
+        return out
+
+    def op_Transpose(self, node, ins):
+        v = ins[0]
+        perm = self.attrs(node).get("perm")
+        if isinstance(v, _Filled):
+            return _Filled(None if v.shape is None or perm is None else tuple(v.shape[p] for p in perm), v.value, v.dtype)
+        if isinstance(v, _StateIn):
+            if perm in ([1, 0, 2],) and not v.layout.endswith("s"):
+                return _StateIn(v.name, v.start, v.stop, "bdh" if v.layout == "dbh" else "dbh")
+            self.unsupported(node, "initial state inputs may only be transposed with perm [1, 0, 2]")
+        v = self.mat(v, node)
+        perm = list(range(len(v.axes)))[::-1] if perm is None else perm
+        return dataclasses.replace(v, axes=tuple(v.axes[p] for p in perm))
+
+    def target_shape(self, node, v, shape_v, allowzero):
+        el, _ = self.shp_elems(shape_v) if not isinstance(shape_v, _Shp) else (list(shape_v.elems), False)
+        src = self.shape_of(node, v)
+        out = []
+        for i, d in enumerate(el):
+            if isinstance(d, int) and d == 0 and not allowzero:
+                if i >= len(src):
+                    raise ModelFileError(f"{self.where(node)}: shape must copy an existing axis, got {el} for {src}")
+                out.append(src[i])
+            else:
+                out.append(d)
+        neg = [i for i, d in enumerate(out) if isinstance(d, int) and d == -1]
+        if len(neg) > 1:
+            raise ModelFileError(f"{self.where(node)}: shape must have at most one -1, got {el}")
+        if neg:
+            total = _prod(src)
+            rest = _prod([d for i, d in enumerate(out) if i != neg[0]])
+            q = _div(total, rest, self)
+            if q is None:
+                raise ModelFileError(f"{self.where(node)}: shape {el} must be compatible with {src}")
+            out[neg[0]] = q
+        return out, src
+
+    def op_Reshape(self, node, ins):
+        v, shape_v = ins[0], ins[1]
+        allowzero = self.attrs(node).get("allowzero", 0)
+        if isinstance(v, _Shp):
+            el, _ = self.shp_elems(self.as_np(shape_v)) if not isinstance(shape_v, _Shp) else (None, None)
+            if el is not None and len(v.elems) == 1 and el in ([], [1], [-1]):
+                return _Shp(v.elems, el == [])
+            self.unsupported(node, "Reshape of a shape vector")
+        if isinstance(v, _Filled):
+            return _Filled(None, v.value, v.dtype)
+        if isinstance(v, _StateIn):
+            self.unsupported(node, "Reshape of an initial state input is not supported")
+        v = self.mat(v, node)
+        if not isinstance(shape_v, (np.ndarray, _Shp)):
+            self.unsupported(node, "the target shape must be a constant or computed from shapes")
+        target, src = self.target_shape(node, v, shape_v, allowzero)
+        return self.regroup(node, v, src, target)
+
+    def regroup(self, node, v: _Seq, src, target):
+        """Map source axes onto target dims: keep, merge (D, H) -> F, drop/insert unit axes."""
+        axes = list(v.axes)
+        out_axes, sizes = [], dict(v.sizes)
+        i = 0
+
+        def fail():
+            self.unsupported(node, f"Reshape {[str(s) for s in src]} -> {[str(s) for s in target]} of the data "
+                                   f"is not supported (only merging the direction and hidden axes, or unit axes)")
+
+        for t in target:
+            if self.dim_eq(t, 1) and (i >= len(axes) or not self.dim_eq(src[i], 1)):
+                out_axes.append("1")
+                continue
+            group, prod = [], 1
+            while i < len(axes):
+                group.append(axes[i])
+                prod = _mul(prod, src[i])
+                i += 1
+                if self.dim_eq(prod, t):
+                    break
+            if not self.dim_eq(prod, t):
+                fail()
+            real = [a for a, d in zip(group, src[i - len(group): i]) if not (a in ("1", "D") and self.dim_eq(d, 1))]
+            if real == ["D", "H"] or (real == ["H"] and "D" in group):
+                out_axes.append("DH")
+            elif group == ["D"]:
+                out_axes.append("D")
+            elif len(real) == 1:
+                out_axes.append(real[0])
+            elif not real:
+                out_axes.append("1")
+            else:
+                fail()
+        while i < len(axes):  # trailing unit axes
+            if not self.dim_eq(src[i], 1) or axes[i] not in ("1", "D"):
+                fail()
+            i += 1
+        if "DH" in out_axes:
+            if v.gru is not None and "T" not in v.axes:  # Y_h (B, D, H) -> (B, D*H)
+                D = sizes["D"]
+                out = _Seq(tuple("H" if a == "DH" else a for a in out_axes), v.chain, {"H": v.sizes["H"]},
+                           gru=v.gru, dsel=tuple(range(D)))
+                return self.maybe_yh_data(out)
+            F = sizes["D"] * sizes["H"]
+            return _Seq(tuple("F" if a == "DH" else a for a in out_axes), v.chain, {"F": F}, tokens=v.tokens)
+        if "D" in v.axes and "D" not in out_axes:
+            if v.gru is not None and "T" not in v.axes:
+                out = _Seq(tuple(out_axes), v.chain, {"H": v.sizes["H"]}, gru=v.gru, dsel=(0,))
+                return self.maybe_yh_data(out)
+            return _Seq(tuple("F" if a == "H" else a for a in out_axes), v.chain, {"F": sizes["H"]}, tokens=v.tokens)
+        return dataclasses.replace(v, axes=tuple(out_axes))
+
+    def op_Flatten(self, node, ins):
+        v = self.mat(ins[0], node)
+        axis = self.attrs(node).get("axis", 1) % max(len(v.axes), 1)
+        if len(v.axes) == 2 and axis == 1:
+            return v
+        src = self.shape_of(node, v)
+        return self.regroup(node, v, src, [_prod(src[:axis]), _prod(src[axis:])])
+
+    def op_ConstantOfShape(self, node, ins):
+        a = self.attrs(node).get("value")
+        val = 0.0 if a is None else float(tensor_to_array(a, self.label).reshape(-1)[0])
+        dtype = np.float32 if a is None else tensor_to_array(a, self.label).dtype
+        if isinstance(ins[0], _Shp):
+            self.check_size(node, ins[0].elems)
+            return _Filled(tuple(ins[0].elems), val, dtype)
+        self.unsupported(node, "the shape of ConstantOfShape must be computed from shapes")
+
+    def op_Expand(self, node, ins):
+        v, shape_v = ins[0], ins[1]
+        if isinstance(v, np.ndarray) and v.size >= 1 and np.all(v == v.reshape(-1)[0]):
+            return _Filled(tuple(shape_v.elems) if isinstance(shape_v, _Shp) else None, float(v.reshape(-1)[0]), v.dtype)
+        if isinstance(v, _Filled):
+            return _Filled(None, v.value, v.dtype)
+        self.unsupported(node, "Expand is supported only on a constant value (a zero initial state)")
+
+    def op_Range(self, node, ins):
+        self.unsupported(node, "Range over symbolic shapes is not supported")
+
+    def op_unary(self, node, ins):
+        v = ins[0]
+        op = node.op_type
+        a = self.attrs(node)
+        if isinstance(v, _Filled):
+            res = self.fold(node, [np.array([v.value], v.dtype)])[0]
+            return _Filled(v.shape, float(res.reshape(-1)[0]), v.dtype)
+        if not isinstance(v, (_Seq, _Expr)):
+            self.unsupported(node, f"{op} is supported on the data path only")
+        base, tree = (v.base, v.tree) if isinstance(v, _Expr) else (self.plain(v, node), ("x",))
+        name = _UNARY[op]
+        if name is None:
+            return v
+        if op == "Elu":
+            t = (name, tree, float(a.get("alpha", 1.0)))
+        elif op == "LeakyRelu":
+            t = (name, tree, float(a.get("alpha", 0.01)))
+        elif op == "HardSigmoid":
+            t = (name, tree, float(a.get("alpha", 0.2)), float(a.get("beta", 0.5)))
+        elif op == "Selu":
+            t = (name, tree, float(a.get("alpha", 1.67326319217681884765625)), float(a.get("gamma", 1.05070102214813232421875)))
+        elif op == "Gelu":
+            ap = a.get("approximate", b"none")
+            t = (name, tree, ap.decode() if isinstance(ap, bytes) else ap)
+        else:
+            t = (name, tree)
+        return _Expr(base, t)
+
+    def plain(self, v: _Seq, node) -> _Seq:
+        if v.tokens or "D" in v.axes or v.dsel is not None or (v.gru is not None and "T" not in v.axes):
+            self.unsupported(node, "element-wise math is supported on layer outputs with one feature axis only "
+                                   "(merge the GRU directions first)")
+        return v
+
+    def op_binary(self, node, ins):
+        a, b = ins[0], ins[1]
+        op = node.op_type
+        name = _BINARY[op]
+        if isinstance(a, (_Shp, np.ndarray)) and isinstance(b, (_Shp, np.ndarray)):
+            return self.shape_arith(node, name, a, b)
+        if isinstance(a, _Filled) or isinstance(b, _Filled):
+            if isinstance(a, (_Seq, _Expr)) or isinstance(b, (_Seq, _Expr)):
+                self.unsupported(node, "arithmetic between the data and a filled tensor is not supported")
+            fa = a.value if isinstance(a, _Filled) else np.asarray(a)
+            fb = b.value if isinstance(b, _Filled) else np.asarray(b)
+            if np.size(fa) != 1 or np.size(fb) != 1:
+                return _Filled(None, float("nan"), np.float32)
+            with np.errstate(all="ignore"):
+                r = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "pow": np.power}[name](
+                    float(np.asarray(fa).reshape(-1)[0]), float(np.asarray(fb).reshape(-1)[0]))
+            shape = a.shape if isinstance(a, _Filled) else b.shape
+            return _Filled(shape, float(r), (a if isinstance(a, _Filled) else b).dtype)
+        ea, eb = self.expr_of(a, node), self.expr_of(b, node)
+        if ea is not None and eb is not None:
+            if ea[0] is not None and eb[0] is not None and not _same_base(ea[0], eb[0]):
+                self.unsupported(node, "arithmetic between two different data values (e.g. a residual connection) "
+                                       "is not supported")
+            base = ea[0] if ea[0] is not None else eb[0]
+            if base is None:
+                self.unsupported(node, "arithmetic on constants only")
+            return _Expr(base, (name, ea[1], eb[1]))
+        # a per-feature constant on a plain layer output: fold into a Dense layer
+        seq, c, seq_first = (a, b, True) if isinstance(a, _Seq) else (b, a, False)
+        if isinstance(seq, _Seq) and isinstance(c, np.ndarray) and name in ("add", "sub", "mul", "div"):
+            return self.affine(node, self.plain(seq, node), name, np.asarray(c, np.float64), seq_first)
+        self.unsupported(node, f"{op} of these values is not supported (supported: scalar constants and "
+                               f"per-feature constants on the data, shape arithmetic)")
+
+    def expr_of(self, v, node):
+        """(base or None, tree) for a scalar constant, a plain data value or an expression."""
+        if isinstance(v, np.ndarray):
+            if v.size == 1:
+                return None, ("c", float(v.reshape(-1)[0]))
+            return None
+        if isinstance(v, _Expr):
+            return v.base, v.tree
+        if isinstance(v, _Seq):
+            return self.plain(v, node), ("x",)
+        self.unsupported(node, f"arithmetic on {type(v).__name__.strip('_')} values is not supported")
+
+    def affine(self, node, v: _Seq, name, c, seq_first):
+        F = v.sizes.get("F")
+        if v.axes[-1] != "F" or F is None:
+            self.unsupported(node, "per-feature constants must act on the feature axis")
+        if c.ndim > len(v.axes) or any(d != 1 for d in c.shape[:-1]) or c.shape[-1:] not in ((F,), (1,)):
+            self.unsupported(node, f"a constant of shape {c.shape} on data with {F} features is not supported "
+                                   f"(only per-feature vectors)")
+        c = np.broadcast_to(c.reshape(-1), (F,)).astype(np.float64)
+        if name == "add":
+            s, t = np.ones(F), c
+        elif name == "sub":
+            s, t = (np.ones(F), -c) if seq_first else (-np.ones(F), c)
+        elif name == "mul":
+            s, t = c, np.zeros(F)
+        else:
+            if not seq_first:
+                self.unsupported(node, "dividing a constant by the data is not supported")
+            s, t = 1.0 / c, np.zeros(F)
+        last = v.chain[-1] if v.chain else None
+        if isinstance(last, Dense) and last.activation == "linear":
+            k = last.kernel.astype(np.float64) * s
+            b = last.bias.astype(np.float64) * s + t
+            d = Dense(kernel=k.astype(last.kernel.dtype), bias=b.astype(last.kernel.dtype), name=last.name)
+        else:
+            d = Dense(kernel=np.diag(s), bias=t, name=node.name)
+        return _Seq(v.axes, v.chain[:-1] + (d,) if isinstance(last, Dense) and last.activation == "linear"
+                    else v.chain + (d,), dict(v.sizes))
+
+    def shape_arith(self, node, name, a, b):
+        ea, sa = self.shp_elems(a)
+        eb, sb = self.shp_elems(b)
+        n = max(len(ea), len(eb))
+        if len(ea) not in (1, n) or len(eb) not in (1, n):
+            self.unsupported(node, "shape arithmetic on vectors of different lengths")
+        ea, eb = ea * (n // len(ea)), eb * (n // len(eb))
+        out = []
+        for x, y in zip(ea, eb):
+            if name == "mul":
+                out.append(_mul(x, y))
+            elif name == "div" and isinstance(y, int) and y != 0:
+                q = _div(x, y, self)
+                if q is None:
+                    self.unsupported(node, f"shape division {x} / {y}")
+                out.append(q)
+            elif name in ("add", "sub") and isinstance(x, int) and isinstance(y, int):
+                out.append(x + y if name == "add" else x - y)
+            elif name in ("add", "sub") and y == 0:
+                out.append(x)
+            elif name == "add" and x == 0:
+                out.append(y)
+            else:
+                self.unsupported(node, f"symbolic shape arithmetic {x} {name} {y} is not supported")
+        return self.shp(out, scalar=sa and sb)
+
+    def op_ReduceProd(self, node, ins):
+        v = ins[0]
+        if isinstance(v, _Shp):
+            kd = self.attrs(node).get("keepdims", 1)
+            p = _prod(list(v.elems))
+            return self.shp([p], scalar=not kd)
+        self.unsupported(node, "ReduceProd is supported on shapes only")
+
+    def op_Max(self, node, ins):
+        self.unsupported(node, "Max over symbolic shapes is not supported")
+
+    # ----------------------------------------------------------------- expressions -> layers
+    def mat(self, v, node):
+        """A _Seq for ``v`` (an expression becomes Activation / Dense layers)."""
+        if isinstance(v, _Seq):
+            return v
+        if isinstance(v, _Expr):
+            return self.materialize(v.base, v.tree, node)
+        if isinstance(v, (_StateIn, _LenIn)):
+            self.unsupported(node, f"graph input {v.name!r} (initial_h / sequence_lens) used as data is not supported")
+        self.unsupported(node, f"this op needs the data path, got {type(v).__name__.strip('_')}")
+
+    def materialize(self, base: _Seq, tree, node) -> _Seq:
+        if tree == ("x",):
+            return base
+        ident = _identify_activation(tree)
+        if ident is not None:
+            act, alpha = ident
+            if act == "linear":
+                return base
+            if act == "affine":
+                a, b = alpha
+                F = base.sizes.get("F")
+                return self.affine(node, self.affine(node, base, "mul", np.full(F, a), True), "add", np.full(F, b), True)
+            return self.add_activation(base, act, alpha, node)
+        if tree[0] in ("sigmoid", "tanh", "relu", "softplus", "softsign", "exp", "elu", "leaky", "hsig", "selu", "gelu"):
+            inner = self.materialize(base, tree[1], node)
+            return self.materialize(inner, (tree[0], ("x",)) + tuple(tree[2:]), node)
+        self.unsupported(node, f"the element-wise computation ending here is not an activation the engine "
+                               f"supports; supported: {', '.join(a for a in _ACT_NAMES)}")
+
+    def add_activation(self, v: _Seq, act, alpha, node) -> _Seq:
+        last = v.chain[-1] if v.chain else None
+        if isinstance(last, Dense) and last.activation == "linear":
+            d = dataclasses.replace(last, activation=act, alpha=alpha)
+            return _Seq(v.axes, v.chain[:-1] + (d,), dict(v.sizes))
+        return _Seq(v.axes, v.chain + (Activation(activation=act, alpha=alpha, name=node.name),), dict(v.sizes))
+
+    # ----------------------------------------------------------------- layers
+    def op_Softmax(self, node, ins):
+        v = self.plain(self.mat(ins[0], node), node)
+        default = -1 if self.opset >= 13 else 1
+        axis = self.attrs(node).get("axis", default) % len(v.axes)
+        if axis != len(v.axes) - 1:
+            self.unsupported(node, f"Softmax must be over the last (feature) axis, got axis {axis} of {len(v.axes)}")
+        return self.add_activation(v, "softmax", 0.0, node)
+
+    def op_MatMul(self, node, ins):
+        v = ins[0]
+        w = ins[1]
+        if not isinstance(w, np.ndarray) or w.ndim != 2:
+            self.unsupported(node, "MatMul must multiply the data by a constant 2-D weight")
+        v = self.plain(self.mat(v, node), node)
+        F = v.sizes.get("F")
+        if v.axes[-1] != "F" or F != w.shape[0]:
+            raise ModelFileError(f"{self.where(node)}: weight {node.input[1]!r} must have shape ({F}, out), got {w.shape}")
+        d = Dense(kernel=w, name=node.name)
+        return _Seq(v.axes, v.chain + (d,), {"F": int(w.shape[1])})
+
+    def op_Gemm(self, node, ins):
+        a = self.attrs(node)
+        if a.get("transA", 0):
+            self.unsupported(node, "transA=1 is not supported")
+        w = ins[1]
+        if not isinstance(w, np.ndarray) or w.ndim != 2:
+            self.unsupported(node, "Gemm must multiply the data by a constant 2-D weight")
+        k = (w.T if a.get("transB", 0) else w).astype(np.float64) * float(a.get("alpha", 1.0))
+        v = self.plain(self.mat(ins[0], node), node)
+        F = v.sizes.get("F")
+        if len(v.axes) != 2 or v.axes[-1] != "F" or F != k.shape[0]:
+            raise ModelFileError(f"{self.where(node)}: Gemm weight {node.input[1]!r} must map {F} features, got "
+                                 f"{w.shape} (transB={a.get('transB', 0)})")
+        bias = None
+        if len(ins) > 2 and ins[2] is not None:
+            c = ins[2]
+            if not isinstance(c, np.ndarray):
+                self.unsupported(node, "the Gemm bias must be a constant")
+            try:
+                bias = np.broadcast_to(np.asarray(c, np.float64).reshape(-1) if c.size in (1, k.shape[1]) else c,
+                                       (k.shape[1],)) * float(a.get("beta", 1.0))
+            except ValueError:
+                raise ModelFileError(f"{self.where(node)}: bias must have shape ({k.shape[1]},), got {c.shape}") from None
+        d = Dense(kernel=k.astype(w.dtype), bias=None if bias is None else bias.astype(w.dtype), name=node.name)
+        return _Seq(v.axes, v.chain + (d,), {"F": int(k.shape[1])})
+
+    # ----------------------------------------------------------------- GRU
+    _GRU_ATTRS = ("activation_alpha", "activation_beta", "activations", "clip", "direction", "hidden_size",
+                  "layout", "linear_before_reset", "output_sequence")
+
+    def op_GRU(self, node, ins):
+        a = self.attrs(node)
+        for k in a:
+            if k not in self._GRU_ATTRS:
+                self.unsupported(node, f"attribute {k!r} is not supported; supported: {', '.join(self._GRU_ATTRS)}")
+        layout = int(a.get("layout", 0))
+        if layout not in (0, 1):
+            raise ModelFileError(f"{self.where(node)}: layout must be 0 or 1, got {layout}")
+        direction = a.get("direction", b"forward")
+        direction = direction.decode() if isinstance(direction, bytes) else str(direction)
+        if direction not in DIRECTIONS:
+            raise ModelFileError(f"{self.where(node)}: direction must be one of {list(DIRECTIONS)}, got {direction!r}")
+        D = DIRECTIONS[direction]
+        hs = a.get("hidden_size")
+        if hs is not None and not 0 < int(hs) <= config.MAX_DIM:
+            raise ModelFileError(f"{self.where(node)}: hidden_size must lie in [1, {config.MAX_DIM}] "
+                                 f"(config.MAX_DIM), got {hs}")
+        if len(ins) < 3 or ins[1] is None or ins[2] is None:
+            raise ModelFileError(f"{self.where(node)}: inputs X, W and R are required")
+        W, R = ins[1], ins[2]
+        for nm, t in (("W", W), ("R", R)):
+            if not isinstance(t, np.ndarray):
+                self.unsupported(node, f"{nm} must be a constant (initializer), got a computed value")
+        if R.ndim != 3 or R.shape[0] != D or R.shape[1] != 3 * R.shape[2]:
+            raise ModelFileError(f"{self.where(node)}: R ({node.input[2]!r}) must have shape ({D}, 3*hidden_size, "
+                                 f"hidden_size), got {R.shape}")
+        H = R.shape[2]
+        if hs is not None and int(hs) != H:
+            raise ModelFileError(f"{self.where(node)}: R ({node.input[2]!r}) must have shape ({D}, {3 * int(hs)}, "
+                                 f"{int(hs)}) for hidden_size={int(hs)}, got {R.shape}")
+        x = self.mat(ins[0], node)
+        if x.tokens or "D" in x.axes or len(x.axes) != 3 or x.axes[2] != "F":
+            self.unsupported(node, "X must be a 3-D sequence with the features on the last axis")
+        I = x.sizes["F"]
+        if W.shape != (D, 3 * H, I):
+            raise ModelFileError(f"{self.where(node)}: W ({node.input[1]!r}) must have shape ({D}, {3 * H}, {I}), "
+                                 f"got {W.shape}")
+        Bv = ins[3] if len(ins) > 3 else None
+        if Bv is not None and not isinstance(Bv, np.ndarray):
+            self.unsupported(node, "B must be a constant (initializer)")
+        if Bv is not None and Bv.shape != (D, 6 * H):
+            raise ModelFileError(f"{self.where(node)}: B ({node.input[3]!r}) must have shape ({D}, {6 * H}), got {Bv.shape}")
+        want = ("T", "B") if layout == 0 else ("B", "T")
+        for lab, w in zip(x.axes[:2], want):
+            n = self.norm_label(lab)
+            if n in ("x0", "x1"):
+                self.bind[n] = w
+                other = "x1" if n == "x0" else "x0"
+                self.bind[other] = "B" if w == "T" else "T"
+                for src in ("x0", "x1"):
+                    if src in self.static:
+                        self.static[self.bind[src]] = self.static[src]
+            elif n != w:
+                self.unsupported(node, f"X must be {'time-major (T, B, F)' if layout == 0 else 'batch-major (B, T, F)'}"
+                                       f" for layout={layout}, got axes {[self.norm_label(l) for l in x.axes]}")
+        lengths = None
+        if len(ins) > 4 and ins[4] is not None:
+            sl = ins[4]
+            if isinstance(sl, _LenIn):
+                lengths = sl.name
+            else:
+                self.unsupported(node, "sequence_lens must be a graph input (constant lengths are not supported)")
+        state = None
+        if len(ins) > 5 and ins[5] is not None:
+            st = ins[5]
+            if isinstance(st, _Filled):
+                if st.value != 0.0:
+                    self.unsupported(node, f"a constant initial_h of {st.value} is not supported (only zeros)")
+            elif isinstance(st, np.ndarray):
+                if np.any(st != 0):
+                    self.unsupported(node, "a constant nonzero initial_h is not supported; make it a graph input")
+            elif isinstance(st, _StateIn):
+                if st.layout.endswith("s"):
+                    self.unsupported(node, "initial_h must be a 3-D slice of the state input")
+                eff = st.layout if layout == 0 else ("bdh" if st.layout == "dbh" else "dbh")
+                state = (st.name, st.start, st.stop, eff)
+            else:
+                self.unsupported(node, "initial_h must be a graph input, a slice of one, or zeros")
+        acts = a.get("activations")
+        acts = tuple(x.decode() if isinstance(x, bytes) else str(x) for x in acts) if acts else ()
+        try:
+            layer = GRU(
+                W=W, R=R, B=Bv, direction=direction, linear_before_reset=int(a.get("linear_before_reset", 0)),
+                activations=acts, activation_alpha=tuple(a.get("activation_alpha", ())),
+                activation_beta=tuple(a.get("activation_beta", ())),
+                clip=None if a.get("clip") is None else float(a["clip"]), name=node.name,
+            )
+        except UnsupportedError as e:
+            raise UnsupportedError(f"{self.where(node)}: {e}") from None
+        except ModelDefinitionError as e:
+            raise ModelFileError(f"{self.where(node)}: {e}") from None
+        idx = len(self.grus)
+        self.grus.append(dict(layer=layer, chain_before=x.chain, state=state, lengths=lengths, layout=layout,
+                              node=node.name))
+        chain = x.chain + (("gru", idx, True),)
+        sizes = {"D": D, "H": H}
+        Y = _Seq(("T", "D", "B", "H") if layout == 0 else ("B", "T", "D", "H"), chain, sizes, gru=idx)
+        Y_h = _Seq(("D", "B", "H") if layout == 0 else ("B", "D", "H"), chain, dict(sizes), gru=idx)
+        return [Y, Y_h]
+
+    # ----------------------------------------------------------------- result
+    def finish(self):
+        outs = []  # (name, kind, value)
+        for o in self.g.output:
+            if o.name not in self.env:
+                raise ModelFileError(f"{self.label}: graph output {o.name!r} must be computed by the graph, got none")
+            v = self.env[o.name]
+            if isinstance(v, _HN):
+                outs.append((o.name, "h_n", v))
+            elif isinstance(v, _Seq) and v.gru is not None and "T" not in v.axes and v.dsel is None:
+                outs.append((o.name, "h_n", _HN((v.gru,)), v.axes))
+                continue
+            elif isinstance(v, (_Seq, _Expr)):
+                outs.append((o.name, "data", self.mat(v, None) if isinstance(v, _Expr) else v))
+            else:
+                raise UnsupportedError(f"{self.label}: graph output {o.name!r} must depend on the model input, got a "
+                                       f"{type(v).__name__.strip('_') if not isinstance(v, np.ndarray) else 'constant'}")
+            outs[-1] = outs[-1] + (None,)
+        data = [o for o in outs if o[1] == "data"]
+        chain = None
+        for name, _, v, _ in data:
+            if v.dsel is not None or (v.gru is not None and "T" not in v.axes):
+                raise UnsupportedError(f"{self.label}: graph output {name!r} holds only some directions of a GRU "
+                                       f"final state; not supported")
+            if chain is None:
+                chain = v.chain
+            elif v.chain != chain:
+                raise UnsupportedError(f"{self.label}: graph outputs {data[0][0]!r} and {name!r} come from different "
+                                       f"layer chains; only one model output (plus h_n) is supported")
+        hn_grus = [g for o in outs if o[1] == "h_n" for g in o[2].grus]
+        if chain is None:
+            if not hn_grus:
+                raise UnsupportedError(f"{self.label}: the graph has no output computed from GRU or data")
+            last = hn_grus[-1]
+            chain = self.grus[last]["chain_before"] + (("gru", last, True),)
+        chain_grus = [e[1] for e in chain if isinstance(e, tuple)]
+        for o in outs:
+            if o[1] == "h_n" and list(o[2].grus) != chain_grus:
+                raise UnsupportedError(
+                    f"{self.label}: graph output {o[0]!r} must hold the final states of all GRU layers of the model "
+                    f"in order ({[self.grus[g]['node'] for g in chain_grus]}), got {[self.grus[g]['node'] for g in o[2].grus]}")
+        # initial states and lengths
+        states = [self.grus[g]["state"] for g in chain_grus]
+        state_name, state_layout = None, "dbh"
+        if any(s is not None for s in states):
+            names = {s[0] for s in states if s is not None}
+            if None in [s for s in states] or len(names) != 1:
+                raise UnsupportedError(f"{self.label}: every GRU layer must take its initial state from the same "
+                                       f"graph input (or all start from zeros)")
+            off = 0
+            for g, s in zip(chain_grus, states):
+                D = self.grus[g]["layer"].num_directions
+                stop = s[2] if s[2] is not None else (off + D if len(states) == 1 else None)
+                if s[1] != off or stop != off + D:
+                    raise UnsupportedError(f"{self.label}: GRU {self.grus[g]['node']!r} must take rows [{off}:{off + D}] "
+                                           f"of {s[0]!r} as its initial state, got [{s[1]}:{s[2]}]")
+                off += D
+            state_name = names.pop()
+            lays = {s[3] for s in states}
+            if len(lays) != 1 or (len(states) > 1 and lays != {"dbh"}):
+                raise UnsupportedError(f"{self.label}: initial state layouts must agree across layers")
+            state_layout = lays.pop()
+        lens = [self.grus[g]["lengths"] for g in chain_grus]
+        len_name = None
+        if any(l is not None for l in lens):
+            if len(set(lens)) != 1:
+                raise UnsupportedError(f"{self.label}: every GRU layer must take the same sequence_lens input, got {lens}")
+            len_name = lens[0]
+        self.bind.setdefault("x0", "B")
+        self.bind.setdefault("x1", "T")
+        layers = []
+        for e in chain:
+            if isinstance(e, tuple):
+                layer = self.grus[e[1]]["layer"]
+                if not e[2]:
+                    layer = dataclasses.replace(layer, return_sequences=False)
+                layers.append(layer)
+            else:
+                layers.append(e)
+        dtypes = {a.dtype for layer in layers for f in dataclasses.fields(layer)
+                  for a in [getattr(layer, f.name)] if isinstance(a, np.ndarray) and a.dtype.kind == "f"}
+        dtype = np.float64 if (np.dtype(np.float64) in dtypes and self.x_dtype == "float64") or dtypes == {np.dtype(np.float64)} \
+            else np.float32
+        layers = [layer.astype(dtype) for layer in layers]
+        x = self.x_seq
+        try:
+            model = Model(tuple(layers), None if x.tokens else x.sizes["F"], self.g.name or "")
+        except ModelDefinitionError as e:
+            raise ModelFileError(f"{self.label}: the graph does not form a valid layer chain: {e}") from None
+        sig = Signature(x=self.x_name, x_dtype=self.x_dtype, lengths=len_name, initial_state=state_name,
+                        state_layout=state_layout, inputs=[i.name for i in self.graph_inputs])
+        sig.x_layout = "btf" if self.bind["x0"] == "B" else "tbf"
+        for name, kind, v, hax in outs:
+            if kind == "h_n":
+                lay = "dbh" if hax is None else "".join({"D": "d", "B": "b", "H": "h"}[a] for a in hax)
+                sig.outputs.append((name, "h_n", lay))
+                continue
+            labs = "".join({"T": "t", "B": "b", "F": "f", "D": "d", "H": "h", "1": "1"}.get(self.norm_label(a), "?")
+                           for a in v.axes)
+            if "?" in labs:
+                raise UnsupportedError(f"{self.label}: graph output {name!r} has axes {v.axes} that do not map onto "
+                                       f"the model output")
+            if "d" in labs:
+                if model.layers[-1] is not self.grus[v.gru]["layer"] and not isinstance(model.layers[-1], GRU):
+                    raise UnsupportedError(f"{self.label}: graph output {name!r} must be a GRU's Y")
+                sig.outputs.append((name, "Y", labs))
+            else:
+                want = set("btf") if model.output_is_sequence else set("bf")
+                if set(labs) - {"1"} != want:
+                    raise UnsupportedError(f"{self.label}: graph output {name!r} with axes {labs!r} does not match "
+                                           f"the model output {'(B, T, F)' if model.output_is_sequence else '(B, F)'}")
+                sig.outputs.append((name, "y", labs))
+        return model, sig
+
+
+_ACT_NAMES = ("sigmoid", "tanh", "relu", "softmax", "hard_sigmoid", "elu", "selu", "gelu", "swish", "softplus",
+              "softsign", "leaky_relu", "gelu_tanh", "exp", "scalar affine")
+_FOLDABLE = set(_GLUE_OPS) | set(_UNARY) | set(_BINARY) | {
+    "Tile", "Split", "ReduceSum", "ReduceMax", "ReduceMin", "ArgMax", "Floor", "Ceil", "Round", "Sign",
+    "Or", "And", "Xor", "LessOrEqual", "GreaterOrEqual", "Mod", "NonZero", "Sum", "Mean", "Softmax", "MatMul",
+    "Gemm", "Clip", "Trilu", "CumSum", "Einsum", "ScatterND", "GatherND", "GatherElements", "OneHot", "Pad",
+}
+
+
+def _prod(dims):
+    p = 1
+    for d in dims:
+        p = _mul(p, d)
+    return p
+
+
+def _mul(a, b):
+    if isinstance(a, _Sym) or isinstance(b, _Sym):
+        if isinstance(a, _Sym):
+            return a * b
+        return b * a
+    return int(a) * int(b)
+
+
+def _div(a, b, interp):
+    """Exact symbolic division a / b, or None."""
+    a, b = interp.norm_dim(a), interp.norm_dim(b)
+    if isinstance(b, int):
+        if b == 0:
+            return None
+        if isinstance(a, int):
+            return a // b if a % b == 0 else None
+        return _sym(a.coef // b, a.factors) if a.coef % b == 0 else None
+    if isinstance(a, int):
+        return None
+    fa = list(a.factors)
+    for f in b.factors:
+        if f not in fa:
+            return None
+        fa.remove(f)
+    if a.coef % b.coef:
+        return None
+    return _sym(a.coef // b.coef, tuple(fa))
+
+
+def _same_base(a: _Seq, b: _Seq) -> bool:
+    return a is b or (a.chain == b.chain and a.axes == b.axes)
