@@ -513,8 +513,10 @@ def export_module_onnx(module, example_input, opset: int = 17) -> bytes:
 def _from_module(module, example_input, opset: int) -> Model:
     from .onnx_io import from_onnx
 
+    import onnx
+
     data = export_module_onnx(module, example_input, opset)
-    model = from_onnx(data)
+    model = from_onnx(onnx.load_model_from_string(data))
     return _rename(model, type(module).__name__)
 
 
