@@ -283,6 +283,13 @@ class _Pooling1D(_Windowed, Layer):
     def _span(self) -> int:
         return self.pool_size
 
+    def stream_refusal(self) -> str | None:
+        if self.padding == "same" and self.pool_size > 1:
+            return "its 'same' padding looks ahead of the current step; use 'valid' padding to stream"
+        if self.padding == "explicit" and self.pads != (0, 0):
+            return f"its padding {self.pads} depends on the sequence's ends; use no padding to stream"
+        return None
+
     def check_input(self, size: int, seq: bool, where: str) -> None:
         _sequence_required(self, seq, where)
 
@@ -658,7 +665,11 @@ def run_batchnorm(layer: BatchNormalization, i: int, x: np.ndarray, ctx) -> np.n
     from . import kernels_layers as KL
 
     dtype = ctx.model.dtype
-    s, o = layer.__dict__.setdefault("_scale_shift", {}).setdefault(np.dtype(dtype).str, layer.scale_shift(dtype))
+    cache = layer.__dict__.setdefault("_scale_shift", {})
+    key = np.dtype(dtype).str
+    if key not in cache:
+        cache[key] = layer.scale_shift(dtype)
+    s, o = cache[key]
     x = np.ascontiguousarray(x, dtype=dtype)
     y = np.empty_like(x)
     KL.affine_channels(_flat(x), s, o, _flat(y))
@@ -696,7 +707,8 @@ def run_zeropad(layer: ZeroPadding1D, i: int, x: np.ndarray, ctx) -> np.ndarray:
 
 
 def run_identity(layer: Layer, i: int, x: np.ndarray, ctx) -> np.ndarray:
-    if isinstance(layer, Reshape) and x.ndim == 3 and layer.target_shape[0] not in (-1, x.shape[1]):
+    ts = getattr(layer, "target_shape", ())
+    if isinstance(layer, Reshape) and x.ndim == 3 and len(ts) == 2 and ts[0] not in (-1, x.shape[1]):
         raise InputShapeError(
             f"x must have {layer.target_shape[0]} steps for layer {i} ({layer.describe()}), got {x.shape[1]}"
         )

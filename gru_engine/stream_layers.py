@@ -1,0 +1,215 @@
+"""Streaming for models that contain the layers of :mod:`gru_engine.layers`.
+
+:class:`LayerStream` pushes chunks of steps through the model layer by layer, each layer
+keeping what it needs of the past:
+
+* ``Conv1D`` keeps its receptive field (the last ``(K-1)*dilation`` inputs, left padding
+  included): the first outputs equal the whole-sequence run with its left padding;
+* pooling and strided convolutions run at their own rate: a chunk of ``n`` steps yields the
+  outputs whose windows it completes, possibly none;
+* ``ZeroPadding1D((left, 0))`` emits its ``left`` zeros with the first step;
+* GRUs carry their state (forward direction only), run through the whole-sequence kernel;
+  a last-step GRU outputs, at every step, its current state (so the per-step output is what
+  ``model.run`` returns for the sequence seen so far, as :class:`gru_engine.stream.Stream`);
+* everything else (normalizations, Dense, activations, flatten / reshape) acts per step.
+
+Layers that look ahead are refused with :class:`~gru_engine.errors.StreamingError` naming
+the layer: ``same`` padding, right padding, global pooling, reverse / bidirectional GRUs.
+
+``run(x_chunk)`` returns ``(B, m, out)`` with every output the chunk produced (m may be 0).
+``step(x_t)`` returns ``(B, out)``, or **None when the step produced no output** (a
+pooling or stride layer waiting for the rest of its window); on the one step that can produce
+several outputs (the first, when a left ``ZeroPadding1D``'s zeros reach the output) it
+returns them all as ``(B, m, out)``. Concatenating the outputs of all steps (or chunks of any
+sizes) equals ``model.run`` on the whole sequence.
+
+Per step this allocates small temporaries (the layer kernels are the whole-sequence ones);
+models made only of GRU / Dense / Activation / Embedding / Masking layers use the
+allocation-free :class:`gru_engine.stream.Stream`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from . import validate as V
+from .errors import InputShapeError, StreamingError
+from .layers import Conv1D, ZeroPadding1D, _GlobalPooling1D, _Pooling1D, _Windowed
+from .model import DENSE_ACTIVATIONS, GRU, Embedding, Model
+
+
+def _where(layer, i: int) -> str:
+    return f"layer {i} ({layer.describe()}{', ' + repr(layer.name) if layer.name else ''})"
+
+
+def stream_refusal(model: Model) -> str | None:
+    """Why ``model`` cannot stream (naming the first layer that looks ahead), or None."""
+    for i, layer in enumerate(model.layers):
+        if isinstance(layer, GRU) and layer.direction != "forward":
+            return f"{_where(layer, i)} cannot stream: a {layer.direction} GRU needs the future of the sequence"
+        why = layer.stream_refusal() if hasattr(layer, "stream_refusal") else None
+        if why:
+            return f"{_where(layer, i)} cannot stream: {why}"
+    return None
+
+
+class _Window:
+    """Per-stream past of a convolution / pooling layer (its receptive field)."""
+
+    def __init__(self, layer: _Windowed, B: int, F: int, dtype):
+        self.layer = layer
+        self.span = layer._span()
+        left = layer.pad_amounts(0)[0] if layer.padding != "valid" else 0
+        self.left = left
+        self.B, self.F, self.dtype = B, F, dtype
+        self.reset()
+
+    def reset(self):
+        self.P = self.left  # padded positions seen so far (left padding counts)
+        self.tail = np.zeros((self.B, min(self.left, self.span - 1), self.F), self.dtype)
+        self.next_o = 0
+
+    def push(self, x: np.ndarray, compute) -> np.ndarray:
+        layer, span, s = self.layer, self.span, self.layer.stride
+        n = x.shape[1]
+        ext = np.concatenate([self.tail, x], axis=1) if self.tail.shape[1] else np.ascontiguousarray(x)
+        base = self.P - self.tail.shape[1]  # padded position of ext[:, 0]
+        last = (self.P + n - span) // s if self.P + n >= span else -1
+        m = max(0, last - self.next_o + 1)
+        y = compute(ext, self.next_o * s - base, m)
+        self.P += n
+        self.next_o += m
+        keep = min(span - 1, ext.shape[1])
+        self.tail = np.ascontiguousarray(ext[:, ext.shape[1] - keep :]) if keep else ext[:, :0]
+        del layer
+        return y
+
+
+class LayerStream:
+    """Stateful chunked / step-by-step inference over a model with conv / pooling layers.
+
+    Parameters
+    ----------
+    model : the model; every layer must be causal (see the module docstring).
+    batch_size : independent rows (B).
+    """
+
+    def __init__(self, model: Model, batch_size: int = 1):
+        if not isinstance(model, Model):
+            raise StreamingError(f"model must be a gru_engine.Model, got {type(model).__name__}")
+        if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+            raise InputShapeError(f"batch_size must be a positive integer, got {batch_size!r}")
+        why = stream_refusal(model)
+        if why:
+            raise StreamingError(why)
+        from . import api
+
+        self.model = model
+        self.batch_size = B = int(batch_size)
+        self.dtype = model.dtype
+        self._api = api
+        self._layers = []
+        size = model.input_size
+        for i, layer in enumerate(model.layers):
+            if type(layer) not in api.RUNNERS:
+                raise StreamingError(f"{_where(layer, i)} cannot stream: no CPU implementation")
+            if isinstance(layer, GRU) and not layer.return_sequences:
+                layer = dataclasses.replace(layer, return_sequences=True)
+            win = _Window(layer, B, size, self.dtype) if isinstance(layer, (Conv1D, _Pooling1D)) else None
+            self._layers.append((i, layer, win))
+            size = layer.output_size(size) if not isinstance(layer, Embedding) else layer.output_size(None)
+        self.output_size = model.output_size
+        self._states = [np.zeros((1, B, g.hidden_size), self.dtype) for g in model.gru_layers]
+        self._started = False
+
+    def reset(self) -> None:
+        """Back to the start: zero GRU states, empty receptive fields, padding re-armed."""
+        for s in self._states:
+            s[...] = 0
+        for _, _, win in self._layers:
+            if win is not None:
+                win.reset()
+        self._started = False
+
+    @property
+    def state(self) -> list[np.ndarray]:
+        """Copies of the GRU states, one ``(1, B, H)`` array per GRU layer."""
+        return [s.copy() for s in self._states]
+
+    def run(self, x_chunk) -> np.ndarray:
+        """Push a chunk ``(B, n, F)`` (``(B, n)`` token ids); return its outputs ``(B, m, out)``."""
+        model, B = self.model, self.batch_size
+        if model.takes_tokens:
+            h = V.as_tokens("x_chunk", x_chunk, model.layers[0].num_embeddings)
+            V.check_ndim("x_chunk", h, f"({B}, n) token ids", 2)
+        else:
+            h = V.as_float("x_chunk", x_chunk, self.dtype)
+            doc = f"({B}, n, {model.input_size})"
+            V.check_ndim("x_chunk", h, doc, 3)
+            V.check_last("x_chunk", h, doc, model.input_size)
+        if h.shape[0] != B:
+            raise InputShapeError(f"x_chunk must have {B} rows (the batch size), got shape {h.shape}")
+        api = self._api
+        ctx = api.RunContext(model)
+        ctx.states = self._states
+        KL = _kernels()
+        for i, layer, win in self._layers:
+            if h.shape[1] == 0:
+                return np.zeros((B, 0, self.output_size), self.dtype)
+            if win is not None:
+                if ctx.mask is not None and layer.changes_time:
+                    api.RUNNERS[type(layer)](layer, i, h[:, :0], ctx)  # raises the runner's mask error
+                h = win.push(np.ascontiguousarray(h), _compute(layer, KL, self.dtype))
+            elif isinstance(layer, ZeroPadding1D):
+                if layer.padding[0] and not self._started:
+                    z = np.zeros((B, layer.padding[0], h.shape[2]), h.dtype)
+                    h = np.concatenate([z, h], axis=1)
+            elif isinstance(layer, _GlobalPooling1D):  # pragma: no cover - refused in __init__
+                raise StreamingError(f"{_where(layer, i)} cannot stream")
+            else:
+                h = api.RUNNERS[type(layer)](layer, i, h, ctx)
+        self._started = True
+        return np.ascontiguousarray(h, dtype=self.dtype)
+
+    def step(self, x_t):
+        """One step ``(B, F)`` (``(B,)`` token ids): ``(B, out)``, or None when this step
+        produced no output (``(B, m, out)`` when it produced several)."""
+        x = np.asarray(x_t)
+        y = self.run(x[:, None])
+        m = y.shape[1]
+        if m == 0:
+            return None
+        return y[:, 0] if m == 1 else y
+
+    def __repr__(self) -> str:
+        return f"LayerStream(batch_size={self.batch_size}, output_size={self.output_size}, model={self.model.name!r})"
+
+
+def _kernels():
+    from . import kernels_layers as KL
+
+    return KL
+
+
+def _compute(layer, KL, dtype):
+    def conv(ext, start, m):
+        y = np.empty((ext.shape[0], m, layer.out_channels), dtype)
+        if m:
+            KL.conv1d(ext, layer.packed(dtype), layer.bias.astype(dtype, copy=False), layer.stride, layer.dilation,
+                      layer.groups, start, y)
+            if layer.activation != "linear":
+                from . import kernels_cpu as KC
+
+                KC.dense_act_inplace(y.reshape(-1, y.shape[-1]), DENSE_ACTIVATIONS[layer.activation],
+                                     dtype.type(layer.alpha))
+        return y
+
+    def pool(ext, start, m):
+        y = np.empty((ext.shape[0], m, ext.shape[2]), dtype)
+        if m:
+            KL.pool1d(ext, layer.pool_size, layer.stride, start, layer.is_max, False, y)
+        return y
+
+    return conv if isinstance(layer, Conv1D) else pool
