@@ -40,8 +40,6 @@ import os
 import re
 import zipfile
 from dataclasses import dataclass, field
-from typing import Any
-
 import numpy as np
 
 from gru_engine.errors import ModelFileError, UnsupportedError
@@ -376,19 +374,25 @@ class _LegacyStore(_WeightStore):
         except (OSError, KeyError, ValueError, RuntimeError) as e:
             raise ModelFileError(f"{self.src!r}: cannot read the weights of layer {lname!r} (corrupt file?): {e}") from None
         out: dict[str, list] = {p: [] for p in parts}
-        for n, a in arrays:
-            comps = n.split("/")
-            if len(parts) == 1:
-                out[parts[0]].append((comps, a))
-                continue
-            # Bidirectional: forward_* / backward_* path components.
-            side = next((c for c in comps if c.startswith(("forward", "backward"))), None)
-            key = next((p for p in parts if side and p.startswith(side.split("_")[0])), None)
-            if key is None:
+        if len(parts) == 1:
+            out[parts[0]] = [(n.split("/"), a) for n, a in arrays]
+            return {p: _order_legacy(v) for p, v in out.items()}
+        # Bidirectional: forward_* / backward_* path components name the side; with an explicit
+        # backward_layer the sub-layers keep their own names, and Keras lists forward first.
+        sides = []
+        for n, _a in arrays:
+            side = next((c for c in n.split("/") if c.startswith(("forward_", "backward_"))), None)
+            sides.append(next((p for p in parts if side and p.startswith(side.split("_")[0])), None))
+        if None in sides or len(set(sides)) != len(parts):
+            if len(arrays) % len(parts):
                 raise ModelFileError(
-                    f"{self.src!r}: layer {lname!r} ({cls}): weight {n!r} must name a forward_ or backward_ sub-layer"
+                    f"{self.src!r}: layer {lname!r} ({cls}) must hold the same number of weights per direction, "
+                    f"got {len(arrays)}: {[n for n, _a in arrays]}"
                 )
-            out[key].append((comps, a))
+            half = len(arrays) // len(parts)
+            sides = [parts[i // half] for i in range(len(arrays))]
+        for (n, a), key in zip(arrays, sides):
+            out[key].append((n.split("/"), a))
         return {p: _order_legacy(v) for p, v in out.items()}
 
 
@@ -472,6 +476,19 @@ def _policy_name(d) -> str:
     return "float32"
 
 
+def _class_of(layer: dict) -> str:
+    """The class to dispatch on; a registered custom class keeps its registered name
+    (``package>Name``) so that it can never pass for a built-in layer."""
+    cls = str(layer.get("class_name"))
+    mod = layer.get("module")
+    reg = layer.get("registered_name")
+    if isinstance(mod, str) and not mod.startswith("keras"):
+        return str(reg or f"{mod}.{cls}")
+    if reg and reg != cls:
+        return str(reg)
+    return cls
+
+
 def _layer_name(layer: dict) -> str:
     c = layer.get("config") or {}
     return str(layer.get("name") or c.get("name") or "")
@@ -500,7 +517,7 @@ def _parse_sequential(layers, c, mname, dtype) -> _Arch:
     input_dtype = None
     for layer in layers:
         lc = layer.get("config") or {}
-        cls = str(layer.get("class_name"))
+        cls = _class_of(layer)
         if cls == "InputLayer":
             input_shape = lc.get("batch_shape") or lc.get("batch_input_shape")
             input_dtype = _policy_name(lc.get("dtype")) if lc.get("dtype") else None
@@ -660,7 +677,7 @@ def _parse_functional(layers, c, mname, dtype, src) -> _Arch:
     nodes = []
     for i, lname in enumerate(chain):
         layer = by_name[lname]
-        cls = str(layer.get("class_name"))
+        cls = _class_of(layer)
         if is_op(lname):
             raise UnsupportedError(
                 f"op {lname!r} ({cls}) on the model's main path is not supported; supported layers: {', '.join(SUPPORTED_LAYERS)}"
@@ -744,9 +761,6 @@ def _check(src: str, where: str, tensor: str, a: np.ndarray, expected: tuple) ->
         )
 
 
-_GRU_IGNORED_TRUE = ("unroll",)  # numerics unchanged
-
-
 def _gru_options(gc: dict, where: str) -> dict:
     """Validate one Keras GRU config and return what the engine needs."""
     if gc.get("time_major"):
@@ -826,9 +840,8 @@ class _Builder:
             return
         handler = getattr(self, f"_l_{cls}", None)
         if handler is None:
-            mod = ""
             raise UnsupportedError(
-                f"{where} cannot be converted{mod}: supported layers are {', '.join(SUPPORTED_LAYERS)} "
+                f"{where} cannot be converted: supported layers are {', '.join(SUPPORTED_LAYERS)} "
                 "(Lambda and custom layers hold code, which is never loaded)"
             )
         if self.arch.kind == "Functional" and cls in ("GRU", "Bidirectional") and node.masked_call is not None:
@@ -892,7 +905,7 @@ class _Builder:
 
     def _l_TimeDistributed(self, node, where, is_last):
         inner = node.cfg.get("layer") or {}
-        icls = str(inner.get("class_name"))
+        icls = _class_of(inner)
         if icls in NOOP_LAYERS:
             return
         if icls == "Activation":
@@ -960,10 +973,10 @@ class _Builder:
         sides = {}
         for side, lay in (("forward", fl), ("backward", bl)):
             if lay is None:  # Keras rebuilds the backward layer from the forward one
-                lay = {"class_name": fl.get("class_name"), "config": dict(fl.get("config") or {}, go_backwards=True)}
+                lay = dict(fl, config=dict(fl.get("config") or {}, go_backwards=True))
                 if fl.get("config", {}).get("go_backwards"):
                     lay["config"]["go_backwards"] = False
-            lcls = str(lay.get("class_name"))
+            lcls = _class_of(lay)
             if lcls != "GRU":
                 raise UnsupportedError(f"{where}: the {side} layer is {lcls!r}; supported: Bidirectional(GRU)")
             sides[side] = _gru_options(lay.get("config") or {}, f"{where} {side} GRU")

@@ -1,0 +1,385 @@
+"""from_keras against real Keras 3 (torch backend): models saved to real files, converted
+without Keras, run by the engine and compared with Keras' own ``predict`` (1e-5, float32).
+
+Model builders and inputs live in ``keras_models.py``; every model is built and saved once
+per module (``.keras``, legacy ``.h5``, ``.weights.h5`` + JSON config).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+h5py = pytest.importorskip("h5py")
+
+import keras_models as KM  # noqa: E402
+from conftest import ATOL  # noqa: E402
+
+from converters.keras_io import from_keras  # noqa: E402
+from gru_engine.errors import ModelFileError, UnsupportedError  # noqa: E402
+
+TOL = ATOL[np.float32]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+L = keras.layers
+
+#: worst |engine - Keras| per (case, format), printed at the end of the module
+WORST: dict = {}
+
+
+@pytest.fixture(scope="module")
+def kdir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("keras_models"))
+
+
+@pytest.fixture(scope="module")
+def saved(kdir):
+    """case -> (keras model, paths, x, Keras prediction); built and saved once."""
+    cache = {}
+
+    def get(case):
+        if case not in cache:
+            m, kind = KM.build(case)
+            paths = KM.save_all(m, kdir, case)
+            x = KM.inputs_for(kind)
+            cache[case] = (m, paths, x, KM.predict(m, x))
+        return cache[case]
+
+    yield get
+    if WORST:
+        (case, fmt), err = max(WORST.items(), key=lambda kv: kv[1])
+        print(f"\nworst |engine - keras| over {len(WORST)} conversions: {err:.3g} ({case}, {fmt})")
+
+
+def _err(model, x, y, key):
+    out = model(x)
+    assert out.shape == y.shape, f"{key}: shape {out.shape} != Keras {y.shape}"
+    err = float(np.abs(out.astype(np.float64) - y).max())
+    WORST[key] = max(err, WORST.get(key, 0.0))
+    return err
+
+
+# --------------------------------------------------------------------------- every layer kind / option
+
+
+@pytest.mark.parametrize("case", list(KM.CASES))
+def test_matches_keras_all_formats(saved, case):
+    _m, paths, x, y = saved(case)
+    for fmt, cfg in (("keras", None), ("h5", None), ("weights", paths["config"])):
+        model = from_keras(paths[fmt], config=cfg)
+        err = _err(model, x, y, (case, fmt))
+        assert err <= TOL, f"{case} from {fmt}: max error {err:.3g} > {TOL}"
+
+
+@pytest.mark.parametrize("case", ["seq_basic", "masking_post_padding", "embedding_mask_zero", "functional_return_state"])
+def test_matches_reloaded_keras_model(saved, case):
+    """The reference is also the saved file as Keras itself loads it."""
+    _m, paths, x, _y = saved(case)
+    loaded = keras.saving.load_model(paths["keras"], compile=False)
+    y = KM.predict(loaded, x)
+    err = _err(from_keras(paths["keras"]), x, y, (case, "keras-reloaded"))
+    assert err <= TOL
+
+
+def test_masks_are_exercised(saved):
+    """The masked cases really depend on the mask: Keras' output at masked steps differs from
+    running the same model with the padding treated as data."""
+    m, _paths, x, y = saved("masking_bidirectional_sequences")
+    # Bidirectional(return_sequences=True) writes zeros at masked steps, so the Dense head gives its bias.
+    bias = m.layers[-1].get_weights()[1]
+    np.testing.assert_allclose(y[1, 4:], np.broadcast_to(bias, y[1, 4:].shape), atol=1e-6)
+    # Plain GRU: a masked step repeats the previous output.
+    _m, _p, xe, ye = saved("masking_post_padding")
+    model = from_keras(_p["keras"])
+    assert model.layers[0].kind == "Masking"
+    assert np.abs(ye[1] - ye[0]).max() > 1e-3
+
+
+def test_option_mapping(saved):
+    """Spot checks of the canonical model the converter builds."""
+    m = from_keras(saved("go_backwards")[1]["keras"])
+    g0 = m.layers[0]
+    assert g0.direction == "reverse" and g0.time_reversed_output and g0.linear_before_reset == 1
+    m = from_keras(saved("reset_before_hard_sigmoid")[1]["h5"])
+    g0 = m.layers[0]
+    assert g0.linear_before_reset == 0 and g0.activations == ("HardSigmoid", "Tanh")
+    assert g0.activation_alpha == pytest.approx((1 / 6,)) and g0.activation_beta == (0.5,)
+    m = from_keras(saved("masking_bidirectional_sequences")[1]["keras"])
+    assert m.layers[1].masked_output == "zero" and m.layers[1].merge == "ave"
+    m = from_keras(saved("masking_bidirectional_last")[1]["keras"])
+    assert m.layers[1].masked_output == "carry" and not m.layers[1].return_sequences
+    m = from_keras(saved("embedding_mask_zero")[1]["keras"])
+    assert m.takes_tokens and m.layers[0].mask_zero
+
+
+def test_weights_with_config_variants(saved):
+    _m, paths, x, y = saved("bidirectional_sum")
+    with open(paths["config"]) as f:
+        cfg = json.load(f)
+    for variant in (cfg, json.dumps(cfg), paths["config"], paths["keras"], paths["h5"], cfg["config"]):
+        assert _err(from_keras(paths["weights"], config=variant), x, y, ("bidirectional_sum", "weights+cfg")) <= TOL
+
+
+def test_group_names_fallback_without_name_attributes(saved, kdir):
+    """Files whose ``vars`` groups carry no ``name`` attribute: Keras' class+order naming."""
+    _m, paths, x, y = saved("functional_masking")
+    p = os.path.join(kdir, "noname.weights.h5")
+    shutil.copy(paths["weights"], p)
+    with h5py.File(p, "r+") as h:
+        for g in h["layers"].values():
+            if "vars" in g and "name" in g["vars"].attrs:
+                del g["vars"].attrs["name"]
+    assert _err(from_keras(p, config=paths["config"]), x, y, ("functional_masking", "no-names")) <= TOL
+
+
+def test_keras2_style_inbound_nodes(saved):
+    """The Keras 2 ``inbound_nodes`` form ``[[[layer, node, index, kwargs]]]`` is read too."""
+    _m, paths, x, y = saved("functional_plain")
+    with open(paths["config"]) as f:
+        cfg = json.load(f)
+    for layer in cfg["config"]["layers"]:
+        old = []
+        for node in layer["inbound_nodes"]:
+            old.append([[*a["config"]["keras_history"], {}] for a in node["args"]])
+        layer["inbound_nodes"] = old
+        layer.pop("module", None)
+    cfg["config"]["input_layers"] = [cfg["config"]["input_layers"]]
+    cfg["config"]["output_layers"] = [cfg["config"]["output_layers"]]
+    assert _err(from_keras(paths["weights"], config=cfg), x, y, ("functional_plain", "keras2-nodes")) <= TOL
+
+
+def test_converts_without_keras(saved, kdir):
+    """A fresh interpreter in which importing keras / tensorflow / torch fails."""
+    _m, paths, x, y = saved("embedding_mask_zero")
+    xin, yout = os.path.join(kdir, "x.npy"), os.path.join(kdir, "y.npy")
+    np.save(xin, x)
+    code = (
+        "import sys\n"
+        "for n in ('keras', 'tensorflow', 'torch'): sys.modules[n] = None\n"
+        "import numpy as np\n"
+        "from converters.keras_io import from_keras\n"
+        "m = from_keras(sys.argv[1]); np.save(sys.argv[3], m(np.load(sys.argv[2])))\n"
+        "m = from_keras(sys.argv[4], config=sys.argv[5]); assert np.abs(m(np.load(sys.argv[2])) - np.load(sys.argv[3])).max() == 0\n"
+    )
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    r = subprocess.run(
+        [sys.executable, "-c", code, paths["keras"], xin, yout, paths["weights"], paths["config"]],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert np.abs(np.load(yout) - y).max() <= TOL
+
+
+def test_stateful_gru_first_call(kdir):
+    """stateful=True: same weights; the first predict from zero state matches (the engine's
+    Stream carries state across calls)."""
+    KM._seed(3)
+    m = keras.Sequential([keras.Input(batch_shape=(5, KM.T, KM.F)), L.GRU(4, stateful=True, return_sequences=True)])
+    KM._randomise(m, 3)
+    p = os.path.join(kdir, "stateful.keras")
+    m.save(p)
+    x = KM.inputs_for("float")
+    y = KM.predict(m, x)
+    assert _err(from_keras(p), x, y, ("stateful", "keras")) <= TOL
+
+
+def test_custom_loss_in_compile_config_is_ignored(kdir):
+    def my_loss(y_true, y_pred):
+        return keras.ops.mean((y_true - y_pred) ** 4)
+
+    KM._seed(4)
+    m = keras.Sequential([keras.Input((KM.T, KM.F)), L.GRU(3), L.Dense(1)])
+    m.compile(optimizer="adam", loss=my_loss)
+    p = os.path.join(kdir, "custom_loss.keras")
+    m.save(p)
+    with zipfile.ZipFile(p) as z:
+        assert "my_loss" in z.read("config.json").decode()
+    with pytest.raises(Exception):  # Keras itself needs compile=False or the custom object
+        keras.saving.load_model(p)
+    x = KM.inputs_for("float")
+    assert _err(from_keras(p), x, KM.predict(m, x), ("custom_loss", "keras")) <= TOL
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize(
+    "case", ["seq_basic", "reset_before_hard_sigmoid", "go_backwards", "bidirectional_mul",
+             "masking_post_padding", "embedding_mask_zero", "functional_return_state"]
+)
+def test_round_trip_onnx_onnxruntime(saved, kdir, case):
+    """Keras -> gru_engine.save (ONNX) -> onnxruntime, compared with Keras."""
+    ort = pytest.importorskip("onnxruntime")
+    import gru_engine
+
+    m, paths, x, _y = saved(case)
+    # ONNX expresses masks as per-row lengths, so the inputs are padded at the end of rows only.
+    x = KM.post_padded_only("tokens" if x.ndim == 2 else "float")
+    y = KM.predict(m, x)
+    model = from_keras(paths["keras"])
+    out = os.path.join(kdir, f"{case}.onnx")
+    gru_engine.save(model, out)
+    sess = ort.InferenceSession(out, providers=["CPUExecutionProvider"])
+    feed_x = x.astype(np.int64) if model.takes_tokens else x
+    got = sess.run(None, {sess.get_inputs()[0].name: feed_x})[0]
+    assert got.shape == y.shape
+    err = float(np.abs(got - y).max())
+    WORST[(case, "onnxruntime")] = err
+    assert err <= TOL, f"{case}: onnxruntime vs Keras {err:.3g}"
+    # and the engine reads its own file back
+    assert _err(gru_engine.load(out), x, y, (case, "onnx-reload")) <= TOL
+
+
+# --------------------------------------------------------------------------- unsupported models
+
+
+def _save(model, kdir, name):
+    p = os.path.join(kdir, name)
+    model.save(p)
+    return p
+
+
+def test_lambda_rejected_by_name_nothing_executed(kdir):
+    marker = os.path.join(kdir, "lambda_ran")
+    m = keras.Sequential([keras.Input((KM.T, KM.F)), L.GRU(3, return_sequences=True),
+                          L.Lambda(lambda t: t * 2.0, name="double_it"), L.Dense(1)])
+    p = _save(m, kdir, "lambda.keras")
+    assert not os.path.exists(marker)
+    with pytest.raises(UnsupportedError, match=r"'double_it' \(Lambda\).*supported layers"):
+        from_keras(p)
+
+
+def test_custom_layer_rejected(kdir):
+    @keras.saving.register_keras_serializable(package="gru_tests")
+    class Scale(keras.layers.Layer):
+        def call(self, x):
+            return x * 3.0
+
+    m = keras.Sequential([keras.Input((KM.T, KM.F)), Scale(name="my_scale"), L.GRU(3)])
+    for ext in ("keras", "h5"):
+        p = _save(m, kdir, f"custom.{ext}")
+        with pytest.raises(UnsupportedError, match=r"'my_scale' \((gru_tests>)?Scale\)"):
+            from_keras(p)
+
+
+def test_bidirectional_merge_none_rejected(kdir):
+    inp = keras.Input((KM.T, KM.F))
+    f, _b = L.Bidirectional(L.GRU(3), merge_mode=None, name="bi_none")(inp)
+    p = _save(keras.Model(inp, L.Dense(2)(f)), kdir, "merge_none.keras")
+    with pytest.raises(UnsupportedError, match=r"'bi_none' \(Bidirectional\): merge_mode=None"):
+        from_keras(p)
+
+
+def test_state_wired_elsewhere_rejected(kdir):
+    inp = keras.Input((KM.T, KM.F))
+    _seq, state = L.GRU(3, return_sequences=True, return_state=True, name="g_state")(inp)
+    p = _save(keras.Model(inp, L.Dense(2)(state)), kdir, "state_out.keras")
+    with pytest.raises(UnsupportedError, match=r"'g_state' \(GRU\).*return_state"):
+        from_keras(p)
+
+
+def test_unsupported_activation_and_branches_rejected(kdir):
+    m = keras.Sequential([keras.Input((KM.T, KM.F)), L.GRU(3, activation="gelu", name="g_gelu")])
+    with pytest.raises(UnsupportedError, match=r"'g_gelu' \(GRU\): activation='gelu'.*supported"):
+        from_keras(_save(m, kdir, "gelu.keras"))
+    a, b = keras.Input((KM.T, KM.F)), keras.Input((KM.T, KM.F))
+    two = keras.Model([a, b], L.GRU(2)(L.Add()([a, b])))
+    with pytest.raises(UnsupportedError, match="one input"):
+        from_keras(_save(two, kdir, "two_inputs.keras"))
+    inp = keras.Input((KM.T, KM.F))
+    x = L.GRU(3, return_sequences=True)(inp)
+    branch = keras.Model(inp, L.Concatenate(name="cat")([x, inp]))
+    with pytest.raises(UnsupportedError, match="'cat'"):
+        from_keras(_save(branch, kdir, "branch.keras"))
+
+
+# --------------------------------------------------------------------------- bad files
+
+
+def test_missing_and_garbage_files(kdir, saved):
+    with pytest.raises(ModelFileError, match="does not exist"):
+        from_keras(os.path.join(kdir, "nope.keras"))
+    p = os.path.join(kdir, "garbage.keras")
+    with open(p, "wb") as f:
+        f.write(b"definitely not a model")
+    with pytest.raises(ModelFileError, match="garbage.keras"):
+        from_keras(p)
+    _m, paths, _x, _y = saved("seq_basic")
+    with pytest.raises(ModelFileError, match="weights only: pass its architecture"):
+        from_keras(paths["weights"])
+
+
+@pytest.mark.parametrize("fmt", ["keras", "h5", "weights"])
+def test_truncated_files(saved, kdir, fmt):
+    _m, paths, _x, _y = saved("bidirectional_concat")
+    data = open(paths[fmt], "rb").read()
+    for cut in (len(data) // 2, len(data) - 200):
+        p = os.path.join(kdir, f"trunc_{cut}_{os.path.basename(paths[fmt])}")
+        with open(p, "wb") as f:
+            f.write(data[:cut])
+        with pytest.raises(ModelFileError, match=os.path.basename(p).replace(".", r"\.")):
+            from_keras(p, config=paths["config"] if fmt == "weights" else None)
+
+
+def test_keras_archive_without_weights_or_bad_config(saved, kdir):
+    _m, paths, _x, _y = saved("seq_basic")
+    p = os.path.join(kdir, "noweights.keras")
+    with zipfile.ZipFile(paths["keras"]) as zin, zipfile.ZipFile(p, "w") as zout:
+        for n in zin.namelist():
+            if n != "model.weights.h5":
+                zout.writestr(n, zin.read(n))
+    with pytest.raises(ModelFileError, match="noweights.keras.*model.weights.h5"):
+        from_keras(p)
+    p = os.path.join(kdir, "badjson.keras")
+    with zipfile.ZipFile(paths["keras"]) as zin, zipfile.ZipFile(p, "w") as zout:
+        for n in zin.namelist():
+            zout.writestr(n, b"{not json" if n == "config.json" else zin.read(n))
+    with pytest.raises(ModelFileError, match="config.json must be valid JSON"):
+        from_keras(p)
+
+
+def test_missing_layer_weights(saved, kdir):
+    _m, paths, _x, _y = saved("seq_basic")
+    p = os.path.join(kdir, "missing.weights.h5")
+    shutil.copy(paths["weights"], p)
+    with h5py.File(p, "r+") as h:
+        del h["layers/gru_1"]
+    with pytest.raises(ModelFileError, match=r"missing\.weights\.h5.*weights of layer 'gru_\d+' \(GRU\) not found"):
+        from_keras(p, config=paths["config"])
+    p = os.path.join(kdir, "missing.h5")
+    shutil.copy(paths["h5"], p)
+    with h5py.File(p, "r+") as h:
+        name = [n for n in h["model_weights"] if n.startswith("dense")][0]
+        del h["model_weights"][name]
+    with pytest.raises(ModelFileError, match=r"weights of layer 'dense\w*' \(Dense\) not found"):
+        from_keras(p)
+
+
+def test_wrong_weight_shape(saved, kdir):
+    _m, paths, _x, _y = saved("seq_basic")
+    p = os.path.join(kdir, "wrongshape.weights.h5")
+    shutil.copy(paths["weights"], p)
+    with h5py.File(p, "r+") as h:
+        del h["layers/gru/cell/vars/1"]
+        h["layers/gru/cell/vars"].create_dataset("1", data=np.zeros((5, 14), np.float32))
+    with pytest.raises(ModelFileError, match=r"tensor 'recurrent_kernel' must have shape \(5, 15\).*got \(5, 14\)"):
+        from_keras(p, config=paths["config"])
+
+
+def test_config_weights_mismatch(saved):
+    _m, paths, _x, _y = saved("seq_basic")
+    _m2, other, _x2, _y2 = saved("functional_plain")
+    with pytest.raises(ModelFileError, match=r"not found|must have shape"):
+        from_keras(paths["weights"], config=other["config"])
+    with open(paths["config"]) as f:
+        cfg = json.load(f)
+    cfg["config"]["layers"][1]["config"]["units"] = 6
+    with pytest.raises(ModelFileError, match=r"'kernel' must have shape \(3, 18\).*got \(3, 15\)"):
+        from_keras(paths["weights"], config=cfg)
