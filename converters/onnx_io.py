@@ -405,11 +405,12 @@ class Signature:
     x, lengths, initial_state : graph input names (None when absent).
     x_layout : "btf" (batch-first) or "tbf" (time-major) for the graph's ``x``.
     state_layout : "dbh" (``[L*D, B, H]``) or "bdh" (layout=1 ``[B, D, H]``).
-    outputs : graph output name -> (kind, layout): kind "y" (per-step or last-step model
+    outputs : ``(graph output name, kind, layout)``: kind "y" (per-step or last-step model
         output), "Y" (a bare GRU node's 4-D Y) or "h_n"; layout names the graph's axes
-        order, e.g. "btf", "tdbh", "btdh", "dbh", "bdh".
-    constants : graph input name -> value for inputs that take a fixed value (initializers
-        that shadow an input).
+        order, e.g. "btf", "tdbh", "btdh", "dbh", "bdh" ("1": a unit axis).
+    default_lengths, default_state : ``lengths`` / ``initial_state`` (one ``(D, B, H)``
+        array per GRU layer) that the graph fixes in initializers; ``to_model_args`` passes
+        them, since a :class:`Model` holds no inputs.
     """
 
     x: str | None = None
@@ -420,6 +421,9 @@ class Signature:
     state_layout: str = "dbh"
     outputs: list = field(default_factory=list)  # [(name, kind, layout)]
     inputs: list = field(default_factory=list)  # graph inputs in order (not initializers)
+    default_lengths: np.ndarray | None = None
+    default_state: list | None = None
+    output_elem_types: dict = field(default_factory=dict)  # graph output name -> TensorProto elem type
 
     def to_model_args(self, feeds: dict) -> dict:
         """Turn the graph's named inputs into ``Model.run`` keyword arguments."""
@@ -427,6 +431,10 @@ class Signature:
         if self.x_layout == "tbf":
             x = np.swapaxes(x, 0, 1)
         kw = {"x": x}
+        if self.default_lengths is not None:
+            kw["lengths"] = self.default_lengths
+        if self.default_state is not None:
+            kw["initial_state"] = self.default_state
         if self.lengths is not None and self.lengths in feeds and feeds[self.lengths] is not None:
             kw["lengths"] = np.asarray(feeds[self.lengths])
         if self.initial_state is not None and self.initial_state in feeds and feeds[self.initial_state] is not None:
@@ -582,6 +590,7 @@ def from_onnx(source, *, return_signature: bool = False, dtype=None):
         model, sig = _from_own(proto, props, label)
     else:
         model, sig = _Interp(proto, label).run()
+    sig.output_elem_types = {o.name: o.type.tensor_type.elem_type for o in proto.graph.output}
     if dtype is not None:
         model = model.astype(dtype)
     return (model, sig) if return_signature else model
@@ -1844,8 +1853,10 @@ class _Interp:
             sl = ins[4]
             if isinstance(sl, _LenIn):
                 lengths = sl.name
+            elif isinstance(sl, np.ndarray) and sl.ndim == 1 and sl.dtype.kind in "iu":
+                lengths = sl.astype(np.int64)
             else:
-                self.unsupported(node, "sequence_lens must be a graph input (constant lengths are not supported)")
+                self.unsupported(node, "sequence_lens must be a graph input or a 1-D integer initializer")
         state = None
         if len(ins) > 5 and ins[5] is not None:
             st = ins[5]
@@ -1853,8 +1864,11 @@ class _Interp:
                 if st.value != 0.0:
                     self.unsupported(node, f"a constant initial_h of {st.value} is not supported (only zeros)")
             elif isinstance(st, np.ndarray):
+                if st.ndim != 3 or st.shape[2] != H or st.shape[layout] != D:
+                    raise ModelFileError(f"{self.where(node)}: initial_h ({node.input[5]!r}) must have shape "
+                                         f"{(D, 'batch', H) if layout == 0 else ('batch', D, H)}, got {st.shape}")
                 if np.any(st != 0):
-                    self.unsupported(node, "a constant nonzero initial_h is not supported; make it a graph input")
+                    state = ("const", st if layout == 0 else st.transpose(1, 0, 2))
             elif isinstance(st, _StateIn):
                 if st.layout.endswith("s"):
                     self.unsupported(node, "initial_h must be a 3-D slice of the state input")
@@ -1927,7 +1941,20 @@ class _Interp:
                     f"in order ({[self.grus[g]['node'] for g in chain_grus]}), got {[self.grus[g]['node'] for g in o[2].grus]}")
         # initial states and lengths
         states = [self.grus[g]["state"] for g in chain_grus]
-        state_name, state_layout = None, "dbh"
+        state_name, state_layout, default_state = None, "dbh", None
+        if any(s is not None and s[0] == "const" for s in states):
+            if any(s is not None and s[0] != "const" for s in states):
+                raise UnsupportedError(f"{self.label}: initial states must all be graph inputs or all constants")
+            Bs = {s[1].shape[1] for s in states if s is not None}
+            if len(Bs) != 1:
+                raise ModelFileError(f"{self.label}: constant initial states must share one batch size, got {sorted(Bs)}")
+            nb = Bs.pop()
+            parts = []
+            for g, s in zip(chain_grus, states):
+                lay = self.grus[g]["layer"]
+                parts.append(s[1] if s is not None else np.zeros((lay.num_directions, nb, lay.hidden_size)))
+            default_state = parts
+            states = [None] * len(states)
         if any(s is not None for s in states):
             names = {s[0] for s in states if s is not None}
             if None in [s for s in states] or len(names) != 1:
@@ -1947,11 +1974,15 @@ class _Interp:
                 raise UnsupportedError(f"{self.label}: initial state layouts must agree across layers")
             state_layout = lays.pop()
         lens = [self.grus[g]["lengths"] for g in chain_grus]
-        len_name = None
+        len_name, default_lengths = None, None
         if any(l is not None for l in lens):
-            if len(set(lens)) != 1:
-                raise UnsupportedError(f"{self.label}: every GRU layer must take the same sequence_lens input, got {lens}")
-            len_name = lens[0]
+            keys = [l if isinstance(l, str) or l is None else ("const", tuple(l.tolist())) for l in lens]
+            if len(set(keys)) != 1:
+                raise UnsupportedError(f"{self.label}: every GRU layer must take the same sequence_lens, got {keys}")
+            if isinstance(lens[0], str):
+                len_name = lens[0]
+            else:
+                default_lengths = lens[0]
         self.bind.setdefault("x0", "B")
         self.bind.setdefault("x1", "T")
         layers = []
@@ -1974,7 +2005,9 @@ class _Interp:
         except ModelDefinitionError as e:
             raise ModelFileError(f"{self.label}: the graph does not form a valid layer chain: {e}") from None
         sig = Signature(x=self.x_name, x_dtype=self.x_dtype, lengths=len_name, initial_state=state_name,
-                        state_layout=state_layout, inputs=[i.name for i in self.graph_inputs])
+                        state_layout=state_layout, inputs=[i.name for i in self.graph_inputs],
+                        default_lengths=default_lengths,
+                        default_state=None if default_state is None else [np.asarray(p, dtype) for p in default_state])
         sig.x_layout = "btf" if self.bind["x0"] == "B" else "tbf"
         for name, kind, v, hax in outs:
             if kind == "h_n":
