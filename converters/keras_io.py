@@ -71,6 +71,27 @@ SUPPORTED_LAYERS = sorted(
 #: feed ``mask=`` arguments; the engine recomputes the same masks from the layers themselves.
 MASK_OPS = {"NotEqual", "Any", "All", "LogicalAnd", "LogicalOr", "Cast", "ExpandDims", "Squeeze"}
 
+#: Layers of converters.keras_layers that pass a Keras mask on unchanged / that consume it.
+MASK_KEEPING = {"BatchNormalization", "LayerNormalization", "UnitNormalization", "ReLU", "LeakyReLU", "ELU", "Softmax"}
+MASK_CONSUMING = {"GlobalAveragePooling1D", "GlobalAvgPool1D", "GlobalMaxPooling1D", "GlobalMaxPool1D"}
+
+
+def _supported_list() -> str:
+    try:
+        from .keras_layers import KERAS_LAYER_CLASSES  # noqa: PLC0415
+    except ImportError:  # pragma: no cover
+        KERAS_LAYER_CLASSES = ()
+    return ", ".join(sorted(set(SUPPORTED_LAYERS) | set(KERAS_LAYER_CLASSES)))
+
+
+def _is_other(cls: str) -> bool:
+    try:
+        from .keras_layers import KERAS_LAYER_CLASSES  # noqa: PLC0415
+    except ImportError:  # pragma: no cover
+        return False
+    return cls in KERAS_LAYER_CLASSES
+
+
 # Keras activation name -> (ONNX RNN activation, alpha, beta); alpha/beta None when unused.
 _KERAS_RNN_ACT = {
     "tanh": ("Tanh", None, None),
@@ -680,7 +701,7 @@ def _parse_functional(layers, c, mname, dtype, src) -> _Arch:
         cls = _class_of(layer)
         if is_op(lname):
             raise UnsupportedError(
-                f"op {lname!r} ({cls}) on the model's main path is not supported; supported layers: {', '.join(SUPPORTED_LAYERS)}"
+                f"op {lname!r} ({cls}) on the model's main path is not supported; supported layers: {_supported_list()}"
             )
         _args, kwargs = calls[lname][0]
         for k, v in kwargs.items():
@@ -839,9 +860,11 @@ class _Builder:
         if cls in NOOP_LAYERS:
             return
         handler = getattr(self, f"_l_{cls}", None)
+        if handler is None and self._add_other(node, where):
+            return
         if handler is None:
             raise UnsupportedError(
-                f"{where} cannot be converted: supported layers are {', '.join(SUPPORTED_LAYERS)} "
+                f"{where} cannot be converted: supported layers are {_supported_list()} "
                 "(Lambda and custom layers hold code, which is never loaded)"
             )
         if self.arch.kind == "Functional" and cls in ("GRU", "Bidirectional") and node.masked_call is not None:
@@ -852,6 +875,27 @@ class _Builder:
                     "supported: masks derived from Embedding(mask_zero=True) or Masking only"
                 )
         handler(node, where, is_last)
+
+    def _add_other(self, node, where) -> bool:
+        """Layers around the GRUs (Conv1D, normalisations, pooling, ...): converters.keras_layers.
+        Keras drops a mask at a layer that does not support masking (with a warning), while the
+        engine would keep applying it, so such a layer after a mask is refused."""
+        try:
+            from .keras_layers import add_keras_layer  # noqa: PLC0415 - optional sibling module
+        except ImportError:  # pragma: no cover - keras_layers ships with the package
+            return False
+        masked_seq = self.masked and self.seq
+        if masked_seq and node.cls not in MASK_KEEPING | MASK_CONSUMING:
+            if _is_other(node.cls):
+                raise UnsupportedError(
+                    f"{where} follows a mask (Embedding mask_zero / Masking) but does not support masking: Keras "
+                    f"drops the mask there; supported after a mask: {', '.join(sorted(MASK_KEEPING | MASK_CONSUMING))}"
+                )
+        if not add_keras_layer(self, node, where):
+            return False
+        if node.cls in MASK_CONSUMING:
+            self.masked = False
+        return True
 
     def _l_Embedding(self, node, where, is_last):
         if self.layers:
@@ -956,6 +1000,7 @@ class _Builder:
         )
         self.size = opts["units"]
         self.seq = opts["return_sequences"]
+        self.masked = self.masked and self.seq  # Keras: no mask after a last-step RNN
 
     def _l_Bidirectional(self, node, where, is_last):
         self._check_seq(where)
@@ -1010,6 +1055,7 @@ class _Builder:
         H = fo["units"]
         self.size = 2 * H if merge == "concat" else H
         self.seq = rs
+        self.masked = self.masked and rs
 
 
 def _build(arch: _Arch, store: _WeightStore, src: str, name: str | None) -> Model:

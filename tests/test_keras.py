@@ -383,3 +383,16 @@ def test_config_weights_mismatch(saved):
     cfg["config"]["layers"][1]["config"]["units"] = 6
     with pytest.raises(ModelFileError, match=r"'kernel' must have shape \(3, 18\).*got \(3, 15\)"):
         from_keras(paths["weights"], config=cfg)
+
+
+def test_layers_around_grus_and_masks(kdir):
+    """Layers converted by converters.keras_layers plug into the chain; one that Keras lets
+    drop a mask (Conv1D after Masking) is refused rather than run with the mask."""
+    x = KM.inputs_for("float")
+    KM._seed(5)
+    m = keras.Sequential([keras.Input((KM.T, KM.F)), L.Masking(), L.GRU(3, return_sequences=True),
+                          L.LayerNormalization(), L.GlobalAveragePooling1D(), L.Dense(2)])
+    assert _err(from_keras(_save(m, kdir, "ln_pool.keras")), x, KM.predict(m, x), ("ln_pool", "keras")) <= TOL
+    m = keras.Sequential([keras.Input((KM.T, KM.F)), L.Masking(), L.Conv1D(4, 3, padding="same", name="cv"), L.GRU(3)])
+    with pytest.raises(UnsupportedError, match=r"'cv' \(Conv1D\) follows a mask"):
+        from_keras(_save(m, kdir, "mask_conv.keras"))
