@@ -896,6 +896,8 @@ class _Interp:
 
     # ----------------------------------------------------------------- helpers
     def where(self, node) -> str:
+        if node is None:
+            return f"{self.label}: graph output"
         return f"{self.label}: node {node.name or '(unnamed)'!r} ({node.op_type})"
 
     def unsupported(self, node, what: str):
@@ -1664,7 +1666,7 @@ class _Interp:
             b = last.bias.astype(np.float64) * s + t
             d = Dense(kernel=k.astype(last.kernel.dtype), bias=b.astype(last.kernel.dtype), name=last.name)
         else:
-            d = Dense(kernel=np.diag(s), bias=t, name=node.name)
+            d = Dense(kernel=np.diag(s), bias=t, name=node.name if node is not None else "")
         return _Seq(v.axes, v.chain[:-1] + (d,) if isinstance(last, Dense) and last.activation == "linear"
                     else v.chain + (d,), dict(v.sizes))
 
@@ -1719,28 +1721,29 @@ class _Interp:
     def materialize(self, base: _Seq, tree, node) -> _Seq:
         if tree == ("x",):
             return base
-        ident = _identify_activation(tree)
-        if ident is not None:
-            act, alpha = ident
+        stages = _stages(tree)
+        if stages is None:
+            self.unsupported(node, f"the element-wise computation ending here is not an activation the engine "
+                                   f"supports; supported: {', '.join(a for a in _ACT_NAMES)}")
+        v = base
+        for act, alpha in stages:
             if act == "linear":
-                return base
+                continue
             if act == "affine":
                 a, b = alpha
-                F = base.sizes.get("F")
-                return self.affine(node, self.affine(node, base, "mul", np.full(F, a), True), "add", np.full(F, b), True)
-            return self.add_activation(base, act, alpha, node)
-        if tree[0] in ("sigmoid", "tanh", "relu", "softplus", "softsign", "exp", "elu", "leaky", "hsig", "selu", "gelu"):
-            inner = self.materialize(base, tree[1], node)
-            return self.materialize(inner, (tree[0], ("x",)) + tuple(tree[2:]), node)
-        self.unsupported(node, f"the element-wise computation ending here is not an activation the engine "
-                               f"supports; supported: {', '.join(a for a in _ACT_NAMES)}")
+                F = v.sizes.get("F")
+                v = self.affine(node, self.affine(node, v, "mul", np.full(F, a), True), "add", np.full(F, b), True)
+            else:
+                v = self.add_activation(v, act, alpha, node)
+        return v
 
     def add_activation(self, v: _Seq, act, alpha, node) -> _Seq:
         last = v.chain[-1] if v.chain else None
         if isinstance(last, Dense) and last.activation == "linear":
             d = dataclasses.replace(last, activation=act, alpha=alpha)
             return _Seq(v.axes, v.chain[:-1] + (d,), dict(v.sizes))
-        return _Seq(v.axes, v.chain + (Activation(activation=act, alpha=alpha, name=node.name),), dict(v.sizes))
+        name = node.name if node is not None else ""
+        return _Seq(v.axes, v.chain + (Activation(activation=act, alpha=alpha, name=name),), dict(v.sizes))
 
     # ----------------------------------------------------------------- layers
     def op_Softmax(self, node, ins):
@@ -2079,3 +2082,59 @@ def _div(a, b, interp):
 
 def _same_base(a: _Seq, b: _Seq) -> bool:
     return a is b or (a.chain == b.chain and a.axes == b.axes)
+
+
+def _has_x(tree) -> bool:
+    return tree[0] == "x" or any(isinstance(t, tuple) and _has_x(t) for t in tree[1:])
+
+
+def _replace(tree, sub, by):
+    if tree == sub:
+        return by
+    return (tree[0],) + tuple(_replace(t, sub, by) if isinstance(t, tuple) else t for t in tree[1:])
+
+
+def _stages(tree, depth: int = 0):
+    """Split an element-wise tree over x into a sequence of engine activations, innermost first
+    (e.g. gelu(gelu(x)) written out with Erf/Mul/Add), or None."""
+    ident = _identify_activation(tree)
+    if ident is not None:
+        return [ident]
+    if depth > 8:
+        return None
+    cands = []
+
+    def collect(t):
+        if not isinstance(t, tuple) or not _has_x(t) or t == ("x",):
+            return
+        i = _identify_activation(t)
+        if i is not None and i[0] not in ("linear", "affine"):
+            cands.append(t)
+            return
+        for c in t[1:]:
+            if isinstance(c, tuple):
+                collect(c)
+
+    for c in tree[1:]:
+        if isinstance(c, tuple):
+            collect(c)
+    for inner in sorted(cands, key=lambda t: -len(repr(t))):
+        outer = _replace(tree, inner, ("x",))
+        if _replace(outer, ("x",), ("c", 0.0)) != outer and _count_x(outer) and _count_x(tree) == _count_x(inner) * \
+                _count_sub(tree, inner) + 0:
+            rest = _stages(outer, depth + 1)
+            if rest is not None:
+                return _stages(inner, depth + 1) + rest
+    return None
+
+
+def _count_x(tree) -> int:
+    if tree == ("x",):
+        return 1
+    return sum(_count_x(t) for t in tree[1:] if isinstance(t, tuple))
+
+
+def _count_sub(tree, sub) -> int:
+    if tree == sub:
+        return 1
+    return sum(_count_sub(t, sub) for t in tree[1:] if isinstance(t, tuple))
