@@ -422,7 +422,7 @@ def _replace(layer, **changes):
 # =========================================================================== from_torch
 
 
-def from_torch(obj, example_input=None, prefix: str | None = None, *, last_step: bool = False, activations: Sequence[str | None] | None = None, opset: int = 17) -> Model:
+def from_torch(obj, example_input=None, prefix: str | None = None, *, last_step: bool = False, activations: Sequence[str | None] | None = None, opset: int | None = None) -> Model:
     """Convert a PyTorch GRU model to a :class:`~gru_engine.Model`.
 
     Parameters
@@ -480,44 +480,59 @@ def from_torch(obj, example_input=None, prefix: str | None = None, *, last_step:
     )
 
 
-def export_module_onnx(module, example_input, opset: int = 17) -> bytes:
-    """``torch.onnx.export`` of ``module`` on ``example_input`` as ONNX bytes: the legacy
-    exporter first (``dynamo=False``, needs no onnxscript), then the dynamo exporter."""
+def export_module_onnx(module, example_input, dynamo: bool = False, opset: int | None = None) -> bytes:
+    """``torch.onnx.export`` of ``module`` on ``example_input``, as ONNX bytes.
+
+    ``dynamo=False`` is the legacy TorchScript exporter (needs no onnxscript); the dynamo
+    exporter writes opset 18 (its lowest native opset) unless ``opset`` says otherwise.
+    """
+    import logging
     import warnings
 
     import torch
 
     args = example_input if isinstance(example_input, tuple) else (example_input,)
     module = module.eval()
-    errors = []
-    for dynamo in (False, True):
-        buf = io.BytesIO()
-        try:
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")
-                kw = dict(opset_version=opset, dynamo=dynamo)
-                if dynamo:
-                    kw["external_data"] = False
-                    kw["verbose"] = False
-                    kw["optimize"] = True
-                torch.onnx.export(module, args, buf, **kw)
-            return buf.getvalue()
-        except Exception as e:  # noqa: BLE001 - try the other exporter, report both
-            errors.append(f"{'dynamo' if dynamo else 'legacy'}: {type(e).__name__}: {str(e).strip()[:300]}")
-    raise UnsupportedError(
-        f"torch.onnx.export must be able to trace {type(module).__name__} on example_input; both exporters failed: "
-        + " | ".join(errors)
-    )
+    buf = io.BytesIO()
+    kw: dict = {"dynamo": dynamo, "opset_version": opset or (18 if dynamo else 17)}
+    if dynamo:
+        kw.update(external_data=False, verbose=False, optimize=True)
+    quiet = [logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in quiet]
+    try:
+        for lg in quiet:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, args, buf, **kw)
+    finally:
+        for lg, lv in zip(quiet, levels):
+            lg.setLevel(lv)
+    return buf.getvalue()
 
 
-def _from_module(module, example_input, opset: int) -> Model:
-    from .onnx_io import from_onnx
-
+def _from_module(module, example_input, opset: int | None) -> Model:
+    """Capture the module's real forward: legacy export -> from_onnx, then dynamo export ->
+    from_onnx if the first fails (either the export or the reading of its graph)."""
     import onnx
 
-    data = export_module_onnx(module, example_input, opset)
-    model = from_onnx(onnx.load_model_from_string(data))
-    return _rename(model, type(module).__name__)
+    from .onnx_io import from_onnx
+
+    errors = []
+    for dynamo in (False, True):
+        stage = "torch.onnx.export"
+        try:
+            data = export_module_onnx(module, example_input, dynamo=dynamo, opset=opset)
+            stage = "from_onnx"
+            model = from_onnx(onnx.load_model_from_string(data))
+            return _rename(model, type(module).__name__)
+        except Exception as e:  # noqa: BLE001 - try the other exporter, report both
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            errors.append(f"{'dynamo' if dynamo else 'legacy'} {stage}: {type(e).__name__}: {msg[:400]}")
+    raise UnsupportedError(
+        f"{type(module).__name__} must be exportable by torch.onnx.export into a graph of GRU layers, "
+        f"embeddings, linear layers and activations; both exporters failed: " + " | ".join(errors)
+    )
 
 
 def _rename(model: Model, name: str) -> Model:
@@ -728,10 +743,10 @@ def to_torch(model: Model):
                 for d in range(D):
                     sfx = f"_l{k}" + ("_reverse" if d == 1 else "")
                     w_ih, w_hh, b_ih, b_hh = conventions.onnx_gru_to_torch(g.W[d], g.R[d], g.B[d])
-                    sd["weight_ih" + sfx] = torch.from_numpy(np.ascontiguousarray(w_ih)).to(tdtype)
-                    sd["weight_hh" + sfx] = torch.from_numpy(np.ascontiguousarray(w_hh)).to(tdtype)
-                    sd["bias_ih" + sfx] = torch.from_numpy(np.ascontiguousarray(b_ih)).to(tdtype)
-                    sd["bias_hh" + sfx] = torch.from_numpy(np.ascontiguousarray(b_hh)).to(tdtype)
+                    sd["weight_ih" + sfx] = torch.from_numpy(np.array(w_ih)).to(tdtype)
+                    sd["weight_hh" + sfx] = torch.from_numpy(np.array(w_hh)).to(tdtype)
+                    sd["bias_ih" + sfx] = torch.from_numpy(np.array(b_ih)).to(tdtype)
+                    sd["bias_hh" + sfx] = torch.from_numpy(np.array(b_hh)).to(tdtype)
             gru.load_state_dict(sd, strict=True)
             last = group[-1][1]
             ops.append({
@@ -748,13 +763,13 @@ def to_torch(model: Model):
                     f"(Keras carries the state over masked steps)"
                 )
             emb = nn.Embedding(layer.table.shape[0], layer.table.shape[1], dtype=tdtype)
-            emb.load_state_dict({"weight": torch.from_numpy(np.ascontiguousarray(layer.table)).to(tdtype)})
+            emb.load_state_dict({"weight": torch.from_numpy(np.array(layer.table)).to(tdtype)})
             ops.append({"kind": "embedding", "name": "embedding", "module": emb})
         elif isinstance(layer, Dense):
             lin = nn.Linear(layer.in_features, layer.out_features, dtype=tdtype)
             lin.load_state_dict({
-                "weight": torch.from_numpy(np.ascontiguousarray(layer.kernel.T)).to(tdtype),
-                "bias": torch.from_numpy(np.ascontiguousarray(layer.bias)).to(tdtype),
+                "weight": torch.from_numpy(np.array(layer.kernel.T)).to(tdtype),
+                "bias": torch.from_numpy(np.array(layer.bias)).to(tdtype),
             })
             ops.append({"kind": "dense", "name": f"dense{n_dense}", "module": lin, "act": _act_fn(layer.activation, layer.alpha)})
             n_dense += 1

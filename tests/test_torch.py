@@ -445,3 +445,40 @@ def test_import_converters_imports_no_framework():
     code = "import sys, converters; converters.from_arrays; print(sorted(m for m in ('torch', 'keras', 'onnxruntime', 'tensorflow') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1], check=True)
     assert out.stdout.strip() == "[]"
+
+
+class MeanPool(nn.Module):
+    """Mean over time: ReduceMean is not an engine layer, so both exporters' graphs are refused."""
+
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRU(3, 4, batch_first=True)
+
+    def forward(self, x):
+        return self.gru(x)[0].mean(1)
+
+
+def test_module_the_reader_cannot_place_is_refused_with_both_reasons():
+    with pytest.raises(UnsupportedError, match=r"legacy from_onnx: .*ReduceMean.* \| dynamo"):
+        from_torch(MeanPool(), example_input=torch.randn(1, 4, 3))
+
+
+def test_time_major_module_runs_batch_first(rng):
+    """batch_first=False modules take (T, B, F); the engine takes the same data batch-first."""
+    torch.manual_seed(9)
+
+    class TM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.g = nn.GRU(3, 5, num_layers=2)
+            self.fc = nn.Linear(5, 2)
+
+        def forward(self, x):
+            return self.fc(self.g(x)[0])
+
+    m = TM().eval()
+    x = randn(rng, 2, 6, 3)
+    model = from_torch(m, example_input=torch.randn(4, 1, 3))
+    with torch.no_grad():
+        ref = m(torch.from_numpy(x.transpose(1, 0, 2).copy())).transpose(0, 1)
+    check("nn.Module via ONNX export", model.run(x)[0], ref)
