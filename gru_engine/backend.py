@@ -63,6 +63,56 @@ class GRUEngineRep(BackendRep):
         return namedtupledict("Outputs", self.output_names)(*cast)
 
 
+def _weight_inputs(proto) -> list:
+    """Graph inputs (not initializers) that feed W, R or B of a GRU node."""
+    inits = {t.name for t in proto.graph.initializer}
+    names = {i.name for i in proto.graph.input} - inits
+    out = []
+    for n in proto.graph.node:
+        if n.op_type == "GRU":
+            for k in (1, 2, 3):
+                if len(n.input) > k and n.input[k] in names and n.input[k] not in out:
+                    out.append(n.input[k])
+    return out
+
+
+class _DeferredRep(BackendRep):
+    """A graph with weights fed at run time: mapped onto a Model once the weights are known."""
+
+    def __init__(self, proto, weights: list, kwargs: dict):
+        self.proto = proto
+        self.weights = weights
+        self.kwargs = kwargs
+        self.inputs = [i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
+        self._key = None
+        self._rep = None
+
+    def run(self, inputs, **kwargs):
+        from onnx import numpy_helper
+
+        if isinstance(inputs, dict):
+            feeds = dict(inputs)
+        else:
+            if isinstance(inputs, np.ndarray) or not isinstance(inputs, (list, tuple)):
+                inputs = [inputs]
+            feeds = dict(zip(self.inputs, inputs))
+        missing = [w for w in self.weights if w not in feeds]
+        if missing:
+            raise InputShapeError(f"inputs must include the weight inputs {missing}, got {sorted(feeds)}")
+        arrays = {w: np.ascontiguousarray(feeds.pop(w)) for w in self.weights}
+        key = tuple((w, a.dtype.str, a.shape, a.tobytes()) for w, a in arrays.items())
+        if key != self._key:
+            p = type(self.proto)()
+            p.CopyFrom(self.proto)
+            keep = [i for i in p.graph.input if i.name not in arrays]
+            del p.graph.input[:]
+            p.graph.input.extend(keep)
+            p.graph.initializer.extend(numpy_helper.from_array(a, w) for w, a in arrays.items())
+            self._rep = GRUEngineBackend.prepare(p, **self.kwargs)
+            self._key = key
+        return self._rep.run(feeds)
+
+
 class GRUEngineBackend(Backend):
     """``onnx.backend.base.Backend`` running GRU graphs on gru-engine's CPU kernels."""
 
@@ -79,13 +129,22 @@ class GRUEngineBackend(Backend):
         return True
 
     @classmethod
-    def prepare(cls, model, device: str = "CPU", **kwargs) -> GRUEngineRep:
-        """Map ``model`` (ModelProto, path or bytes) onto the engine; raise typed errors if it can't."""
-        from converters.onnx_io import from_onnx
+    def prepare(cls, model, device: str = "CPU", **kwargs) -> BackendRep:
+        """Map ``model`` (ModelProto, path or bytes) onto the engine; raise typed errors if it can't.
+
+        A graph whose GRU weights (W, R, B) are graph inputs (as in ONNX's own node tests) is
+        mapped at the first ``run``, when the weights are known, and re-mapped when they change.
+        """
+        from converters.onnx_io import _load_proto, from_onnx
 
         if not cls.supports_device(device):
             raise UnsupportedError(f"device must be 'CPU' for gru_engine.backend, got {device!r}")
-        m, sig = from_onnx(model, return_signature=True, **kwargs)
+        proto, _ = _load_proto(model)
+        weights = _weight_inputs(proto)
+        if weights:
+            return _DeferredRep(proto, weights, kwargs)
+        m, sig = from_onnx(proto if not isinstance(model, (bytes, bytearray, str)) and not hasattr(model, "__fspath__")
+                           else model, return_signature=True, **kwargs)
         return GRUEngineRep(m, sig, sig.output_elem_types)
 
     @classmethod
