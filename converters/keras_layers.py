@@ -133,6 +133,8 @@ def convert_keras_layer(
         return None
     c = config or {}
     where = _where(class_name, name)
+    if class_name == "LayerNormalization" and c.get("rms_scaling"):
+        raise UnsupportedError(f"{where}: rms_scaling=True is not supported; supported: standard layer normalization")
     if len(weights) != n_exp:
         raise ModelFileError(f"{where} must have {n_exp} weight tensors, got {len(weights)}")
     w = [np.asarray(a, dtype=dtype) for a in weights]

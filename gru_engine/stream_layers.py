@@ -122,7 +122,7 @@ class LayerStream:
             size = layer.output_size(size) if not isinstance(layer, Embedding) else layer.output_size(None)
         self.output_size = model.output_size
         self._states = [np.zeros((1, B, g.hidden_size), self.dtype) for g in model.gru_layers]
-        self._started = False
+        self._padded: set = set()  # ZeroPadding1D layers that emitted their left zeros
 
     def reset(self) -> None:
         """Back to the start: zero GRU states, empty receptive fields, padding re-armed."""
@@ -131,7 +131,7 @@ class LayerStream:
         for _, _, win in self._layers:
             if win is not None:
                 win.reset()
-        self._started = False
+        self._padded.clear()
 
     @property
     def state(self) -> list[np.ndarray]:
@@ -151,9 +151,18 @@ class LayerStream:
             V.check_last("x_chunk", h, doc, model.input_size)
         if h.shape[0] != B:
             raise InputShapeError(f"x_chunk must have {B} rows (the batch size), got shape {h.shape}")
-        api = self._api
-        ctx = api.RunContext(model)
-        ctx.states = self._states
+        ctx = self._api.RunContext(model)
+        ctx.states = list(self._states)
+        try:
+            h = self._push(h, ctx)
+        finally:  # keep the GRU states whether or not the kernels updated them in place
+            for k, s in enumerate(ctx.final_states):
+                if s is not self._states[k]:
+                    self._states[k][...] = s
+        return np.ascontiguousarray(h, dtype=self.dtype)
+
+    def _push(self, h, ctx):
+        api, B = self._api, self.batch_size
         KL = _kernels()
         for i, layer, win in self._layers:
             if h.shape[1] == 0:
@@ -163,15 +172,15 @@ class LayerStream:
                     api.RUNNERS[type(layer)](layer, i, h[:, :0], ctx)  # raises the runner's mask error
                 h = win.push(np.ascontiguousarray(h), _compute(layer, KL, self.dtype))
             elif isinstance(layer, ZeroPadding1D):
-                if layer.padding[0] and not self._started:
+                if layer.padding[0] and i not in self._padded:
+                    self._padded.add(i)
                     z = np.zeros((B, layer.padding[0], h.shape[2]), h.dtype)
                     h = np.concatenate([z, h], axis=1)
             elif isinstance(layer, _GlobalPooling1D):  # pragma: no cover - refused in __init__
                 raise StreamingError(f"{_where(layer, i)} cannot stream")
             else:
                 h = api.RUNNERS[type(layer)](layer, i, h, ctx)
-        self._started = True
-        return np.ascontiguousarray(h, dtype=self.dtype)
+        return h
 
     def step(self, x_t):
         """One step ``(B, F)`` (``(B,)`` token ids): ``(B, out)``, or None when this step
