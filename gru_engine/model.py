@@ -531,8 +531,13 @@ class Model:
         return "\n".join(lines)
 
     # ----------------------------------------------------------------- running
-    def run(self, x, lengths=None, initial_state=None):
-        """Run whole sequences. Returns ``(y, h_n)``; see :func:`gru_engine.api.run`."""
+    def run(self, x, lengths=None, initial_state=None, device=None):
+        """Run whole sequences. Returns ``(y, h_n)``; see :func:`gru_engine.api.run`.
+
+        ``device="cuda"`` runs on the GPU (see :meth:`to`); None or "cpu" on the CPU.
+        """
+        if device is not None and device != "cpu":
+            return self.to(device).run(x, lengths=lengths, initial_state=initial_state)
         from . import api
 
         return api.run(self, x, lengths=lengths, initial_state=initial_state)
@@ -540,11 +545,28 @@ class Model:
     def __call__(self, x, lengths=None, initial_state=None):
         return self.run(x, lengths=lengths, initial_state=initial_state)[0]
 
-    def stream(self, batch_size: int = 1, **kwargs):
-        """A stateful :class:`gru_engine.stream.Stream` over this model."""
+    def stream(self, batch_size: int = 1, device=None, **kwargs):
+        """A stateful :class:`gru_engine.stream.Stream` over this model.
+
+        ``device="cuda"``: a :class:`gru_engine.cuda_backend.CudaStream` (state on the GPU).
+        """
+        if device is not None and device != "cpu":
+            return self.to(device).stream(batch_size, **kwargs)
         from .stream import Stream
 
         return Stream(self, batch_size=batch_size, **kwargs)
+
+    def to(self, device):
+        """``"cpu"``: this model; ``"cuda"``: a :class:`gru_engine.cuda_backend.DeviceModel`
+        with the weights copied to the GPU once (cached on this model), whose ``run`` and
+        ``stream`` compute there. No GPU: :class:`gru_engine.errors.DeviceError`."""
+        if device is None or device == "cpu":
+            return self
+        from .cuda_backend import check_device, to_device
+
+        if check_device(device) == "cpu":
+            return self
+        return to_device(self, device)
 
 
 def _arrays(layer: Layer):
