@@ -179,10 +179,10 @@ def validate_against(source, framework: str, x=None, atol: float = 1e-5, *, mode
         model = load_any(source, "keras" if fw == "keras" else "onnx", **kwargs)
     if x is None:
         x = default_input(model)
-    y, h_n = model.run(x)
     if fw == "keras":
+        y, h_n = model.run(x)
         return _validate_keras(source, x, y, h_n, atol)
-    return _validate_ort(source, x, y, h_n, model, atol)
+    return _validate_ort(source, x, model, atol)
 
 
 def _validate_keras(path, x, y, h_n, atol) -> dict:
@@ -203,17 +203,21 @@ def _validate_keras(path, x, y, h_n, atol) -> dict:
     return report
 
 
-def _validate_ort(path, x, y, h_n, model, atol) -> dict:
-    """onnxruntime on the ONNX file, fed and read through the reader's :class:`Signature`
-    (time-major graphs, optional ``lengths`` / ``initial_state`` inputs)."""
+def _validate_ort(path, x, model, atol) -> dict:
+    """onnxruntime on the ONNX file, fed and read through the reader's ``Signature``
+    (time-major graphs, optional ``lengths`` / ``initial_state`` inputs, states fixed in
+    initializers); the engine runs ``model`` on the same arguments."""
     import onnxruntime as ort
+
+    from gru_engine.errors import UnsupportedError
 
     from .onnx_io import from_onnx
 
-    _, sig = from_onnx(os.fspath(path), return_signature=True)
+    label = os.fspath(path)
+    _, sig = from_onnx(label, return_signature=True)
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    sess = ort.InferenceSession(os.fspath(path), so, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(label, so, providers=["CPUExecutionProvider"])
     x = np.asarray(x)
     B, T = x.shape[0], x.shape[1]
     feeds = {}
@@ -225,23 +229,44 @@ def _validate_ort(path, x, y, h_n, model, atol) -> dict:
         elif name == sig.lengths:
             feeds[name] = np.full(B, T, dtype=_ort_dtype(inp.type))
         elif name == sig.initial_state:
-            shape = [d if isinstance(d, int) else (B if i == (0 if sig.state_layout == "bdh" else 1) else None) for i, d in enumerate(inp.shape)]
-            if h_n is None or isinstance(h_n, list) or None in shape:
-                feeds = None
-                break
-            zeros = np.zeros_like(h_n if sig.state_layout == "dbh" else np.swapaxes(h_n, 0, 1))
-            feeds[name] = zeros.astype(_ort_dtype(inp.type))
+            total = sum(d for d, _ in model.state_shapes)
+            Hs = {h for _, h in model.state_shapes}
+            if len(Hs) != 1:
+                raise UnsupportedError(f"{label!r}: graph input {name!r} (initial state of layers of different sizes) cannot be fed")
+            shape = (total, B, Hs.pop()) if sig.state_layout == "dbh" else (B, total, Hs.pop())
+            feeds[name] = np.zeros(shape, _ort_dtype(inp.type))
         else:
-            from gru_engine.errors import UnsupportedError
+            raise UnsupportedError(f"{label!r}: graph input {name!r} is not x, lengths or initial_state; it cannot be fed")
+    kw = sig.to_model_args(feeds)
+    y, h_n = model.run(kw.pop("x"), **kw)
+    names = [name for name, _, _ in sig.outputs]
+    outs = sess.run(names, feeds)
+    expected = _expected_outputs(sig, y, h_n, model)
+    return {name: compare(got, ref, atol) for name, got, ref in zip(names, expected, outs)}
 
-            raise UnsupportedError(f"{os.fspath(path)!r}: graph input {name!r} is not x, lengths or initial_state; cannot feed it")
-    if feeds is None:
-        from gru_engine.errors import UnsupportedError
 
-        raise UnsupportedError(f"{os.fspath(path)!r}: the initial_state input could not be fed zeros")
-    outs = sess.run([name for name, _, _ in sig.outputs], feeds)
-    expected = sig.from_model_outputs(y, h_n, model)
-    return {name: compare(got, ref, atol) for (name, _, _), got, ref in zip(sig.outputs, expected, outs)}
+def _expected_outputs(sig, y, h_n, model) -> list:
+    """``Model.run``'s ``(y, h_n)`` arranged as the graph's outputs: h_n-kind outputs take
+    the per-layer states in order when ``h_n`` is a list; axes are permuted to the output's
+    layout when its labels match the array's."""
+    states = iter(h_n) if isinstance(h_n, list) else None
+    out = []
+    for _, kind, layout in sig.outputs:
+        if kind == "h_n":
+            a, src = (next(states) if states is not None else h_n), "dbh"
+        elif kind == "Y":
+            g = model.gru_layers[-1]
+            a, src = y.reshape(y.shape[0], y.shape[1], g.num_directions, g.hidden_size), "btdh"
+        else:
+            a, src = y, ("btf" if y.ndim == 3 else "bf")
+        core = layout.replace("1", "")
+        if sorted(core) == sorted(src):
+            a = a.transpose([src.index(c) for c in core])
+            for i, c in enumerate(layout):
+                if c == "1":
+                    a = np.expand_dims(a, i)
+        out.append(np.ascontiguousarray(a))
+    return out
 
 
 def _ort_dtype(type_str: str):

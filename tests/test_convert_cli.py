@@ -1,0 +1,166 @@
+"""``gru-engine convert``: real files in, real files out, checked against the frameworks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
+nn = torch.nn
+
+import converters  # noqa: E402
+from gru_engine import GRU, Dense, Model  # noqa: E402
+from gru_engine.cli import main  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def worst(out: str) -> float:
+    line = [ln for ln in out.splitlines() if ln.startswith("worst error")][-1]
+    return float(line.split()[2])
+
+
+class Forecaster(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embedding = nn.Embedding(12, 4)
+        self.rnn = nn.GRU(4, 6, num_layers=2, batch_first=True, bidirectional=True)
+        self.fc1 = nn.Linear(12, 5)
+        self.fc2 = nn.Linear(5, 3)
+
+    def forward(self, x):
+        y, _ = self.rnn(self.embedding(x))
+        return self.fc2(torch.tanh(self.fc1(y)))
+
+
+def ort_run(path, x):
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return sess.run(None, {name: x})[0]
+
+
+def test_torch_checkpoint_to_onnx(tmp_path, capsys, rng):
+    torch.manual_seed(0)
+    m = Forecaster().eval()
+    src = tmp_path / "forecaster.pt"
+    torch.save({"epoch": 3, "model_state_dict": m.state_dict()}, src)
+    dst = tmp_path / "forecaster.onnx"
+    rc = main(["convert", str(src), "-o", str(dst), "--activations", "tanh,none"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "source (torch on forecaster.pt) y" in out and "destination (onnxruntime on forecaster.onnx) y" in out
+    assert worst(out) < 1e-5
+    # the ONNX file itself computes the torch module's outputs in onnxruntime
+    x = rng.integers(0, 12, (2, 9))
+    with torch.no_grad():
+        ref = m(torch.from_numpy(x)).numpy()
+    assert np.abs(ort_run(dst, x) - ref).max() < 1e-5
+    # without the activations the checkpoint is refused (exit 2), naming the option
+    rc = main(["convert", str(src), "-o", str(tmp_path / "x.onnx")])
+    assert rc == 2 and "activations" in capsys.readouterr().err
+
+
+def test_onnx_to_pt(tmp_path, capsys, rng):
+    s = 0.5
+    layers = (
+        GRU(W=rng.uniform(-s, s, (2, 12, 3)), R=rng.uniform(-s, s, (2, 12, 4)), B=rng.uniform(-s, s, (2, 24)),
+            direction="bidirectional", linear_before_reset=1),
+        GRU(W=rng.uniform(-s, s, (1, 12, 8)), R=rng.uniform(-s, s, (1, 12, 4)), B=rng.uniform(-s, s, (1, 24)),
+            linear_before_reset=1, return_sequences=False),
+        Dense(kernel=rng.standard_normal((4, 2)), bias=rng.standard_normal(2), activation="sigmoid"),
+    )
+    model = Model(tuple(layer.astype(np.float32) for layer in layers))
+    src = tmp_path / "model.onnx"
+    converters.to_onnx(model, src)
+    dst = tmp_path / "model.pt"
+    rc = main(["convert", str(src), "-o", str(dst)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "source (onnxruntime on model.onnx)" in out and "destination (torch module loaded from model.pt)" in out
+    assert worst(out) < 1e-5
+    # the .pt is a plain state dict: it loads with weights_only into to_torch's module
+    state = torch.load(dst, weights_only=True)
+    module = converters.to_torch(model)
+    module.load_state_dict(state)
+    x = rng.uniform(-1, 1, (3, 5, 3)).astype(np.float32)
+    with torch.no_grad():
+        ty, _ = module(torch.from_numpy(x))
+    assert np.abs(ty.numpy() - ort_run(src, x)).max() < 1e-5
+
+
+def test_tolerance_failure_exits_1(tmp_path, capsys):
+    torch.manual_seed(1)
+    src = tmp_path / "g.pt"
+    torch.save(nn.GRU(3, 4).state_dict(), src)
+    rc = main(["convert", str(src), "-o", str(tmp_path / "g.onnx"), "--atol", "1e-12"])
+    out = capsys.readouterr().out
+    assert rc == 1 and "FAIL" in out and worst(out) > 1e-12
+
+
+def test_from_override_and_prefix(tmp_path, capsys):
+    torch.manual_seed(2)
+    enc = nn.Module()
+    enc.gru = nn.GRU(3, 4, num_layers=2)
+    enc.norm = nn.LayerNorm(4)
+    src = tmp_path / "weights.blob"
+    torch.save(enc.state_dict(), src)
+    rc = main(["convert", str(src), "-o", str(tmp_path / "g.onnx"), "--from", "torch", "--prefix", "gru"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert len(converters.from_onnx(tmp_path / "g.onnx").gru_layers) == 2
+    rc = main(["convert", str(src), "-o", str(tmp_path / "h.onnx"), "--from", "torch"])
+    assert rc == 2 and "norm.weight" in capsys.readouterr().err
+
+
+def test_bad_inputs_exit_2(tmp_path, capsys):
+    torch.manual_seed(3)
+    src = tmp_path / "g.pt"
+    torch.save(nn.GRU(3, 4).state_dict(), src)
+    assert main(["convert", str(src), "-o", str(tmp_path / "g.txt")]) == 2
+    assert "DST must end in .onnx, .pt or .pth" in capsys.readouterr().err
+    trunc = tmp_path / "t.pt"
+    trunc.write_bytes(src.read_bytes()[:100])
+    assert main(["convert", str(trunc), "-o", str(tmp_path / "t.onnx")]) == 2
+    assert "complete torch.save file" in capsys.readouterr().err
+    assert not (tmp_path / "t.onnx").exists()
+
+
+def test_keras_to_onnx_and_pt(tmp_path, capsys, rng):
+    keras = pytest.importorskip("keras")
+    keras.utils.set_random_seed(4)
+    km = keras.Sequential([
+        keras.Input((None, 3)),
+        keras.layers.GRU(5, return_sequences=True),
+        keras.layers.GRU(4),
+        keras.layers.Dense(2, activation="softmax"),
+    ])
+    src = tmp_path / "k.keras"
+    km.save(src)
+    for dst in ("k.onnx", "k.pt"):
+        rc = main(["convert", str(src), "-o", str(tmp_path / dst)])
+        out = capsys.readouterr().out
+        assert rc == 0, out
+        assert "source (keras on k.keras) y" in out
+        assert worst(out) < 1e-5
+    x = rng.uniform(-1, 1, (2, 6, 3)).astype(np.float32)
+    ref = keras.ops.convert_to_numpy(km(x))
+    assert np.abs(ort_run(tmp_path / "k.onnx", x) - ref).max() < 1e-5
+    module = converters.to_torch(converters.from_keras(src))
+    module.load_state_dict(torch.load(tmp_path / "k.pt", weights_only=True))
+    with torch.no_grad():
+        assert np.abs(module(torch.from_numpy(x))[0].numpy() - ref).max() < 1e-5
+
+
+def test_console_entry_point(tmp_path):
+    torch.manual_seed(5)
+    src = tmp_path / "g.pth"
+    torch.save(nn.GRUCell(3, 4).state_dict(), src)
+    r = subprocess.run([sys.executable, "-m", "gru_engine", "convert", str(src), "-o", str(tmp_path / "g.onnx")],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "PASS" in r.stdout
