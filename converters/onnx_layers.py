@@ -331,3 +331,87 @@ def import_node(op_type: str, attrs: dict, consts: list, layout: str, size: int,
             raise UnsupportedError(f"{where}: pads={pads} pads axes other than time (or crops); supported: zeros on time")
         return [ZeroPadding1D(padding=(pads[tpos], pads[tpos + len(layout)]), name=name)], layout
     return None  # pragma: no cover
+
+
+# =========================================================================== graph interpreter hook
+
+
+def interp_handler(interp, op_type: str):
+    """A handler ``fn(node, ins) -> value`` for :class:`converters.onnx_io._Interp` when
+    ``op_type`` is one of :data:`IMPORT_OPS`, else None.
+
+    The data input's axis labels give the layout: ``B``/``T``/``F`` as the interpreter bound
+    them; the graph input's still-unbound axes (``x0``/``x1``) are bound here when the op fixes
+    them (``Conv`` & co. read ``[batch, channels, time]``), as the GRU op binds them.
+    """
+    if op_type not in IMPORT_OPS:
+        return None
+
+    def handle(node, ins):
+        return _interp_node(interp, node, ins)
+
+    return handle
+
+
+def _bind(interp, lab, want: str) -> None:
+    n = interp.norm_label(lab)
+    if n in ("x0", "x1"):
+        interp.bind[n] = want
+        other = "x1" if n == "x0" else "x0"
+        interp.bind[other] = "B" if want == "T" else "T"
+        for src in ("x0", "x1"):
+            if src in interp.static:
+                interp.static[interp.bind[src]] = interp.static[src]
+
+
+def _interp_node(interp, node, ins):
+    from .onnx_io import _Seq
+
+    op = node.op_type
+    if not ins or ins[0] is None:
+        interp.unsupported(node, f"{op} needs a data input")
+    v = interp.plain(interp.mat(ins[0], node), node)
+    if v.tokens:
+        interp.unsupported(node, f"{op} on token ids is not supported")
+    if op in ("Conv", "AveragePool", "MaxPool", "GlobalAveragePool", "GlobalMaxPool") or (
+        op in ("BatchNormalization", "Pad") and len(v.axes) == 3
+    ):
+        if len(v.axes) != 3 or interp.norm_label(v.axes[1]) != "F":
+            interp.unsupported(node, f"{op} must read [batch, channels, time] with the features on axis 1, got axes "
+                                     f"{[interp.norm_label(a) for a in v.axes]}")
+        _bind(interp, v.axes[0], "B")
+        _bind(interp, v.axes[2], "T")
+    letters = {"B": "b", "T": "t", "F": "f"}
+    layout = "".join(letters.get(interp.norm_label(a), "?") for a in v.axes)
+    if "?" in layout:
+        if layout.count("?") == 2 and layout.endswith("f") and op in ("LayerNormalization", "LpNormalization"):
+            layout = "btf"  # which of the two is time does not matter to a per-step op
+        else:
+            interp.unsupported(node, f"{op}: the batch and time axes of its input are not known yet "
+                                     f"(axes {[interp.norm_label(a) for a in v.axes]})")
+    consts = []
+    for name in node.input[1:]:
+        c = interp.const(name) if name else None
+        consts.append(c)
+    F = v.sizes.get("F")
+    dtype = np.float64 if getattr(interp, "x_dtype", "") == "float64" else np.float32
+    done = import_node(op, interp.attrs(node), consts, layout, F, name=node.name, dtype=dtype)
+    if done is None:
+        interp.unsupported(node, f"{op} on axes {[interp.norm_label(a) for a in v.axes]} is not supported")
+    layers, out_layout = done
+    label = {}
+    for a in v.axes:
+        label[letters.get(interp.norm_label(a), "?")] = a
+    chain = v.chain
+    size = F
+    for layer in layers:
+        if isinstance(layer, _GlobalPooling1D) and layer.keepdims:
+            # the engine drops the time axis; the graph keeps a unit axis, labelled "1"
+            import dataclasses
+
+            layer = dataclasses.replace(layer, keepdims=False)
+            label["t"] = "1"
+        chain = chain + (layer,)
+        size = layer.output_size(size)
+    axes = tuple("F" if c == "f" else label[c] for c in out_layout)
+    return _Seq(axes, chain, {"F": size})
