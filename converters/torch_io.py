@@ -459,8 +459,6 @@ def from_torch(obj, example_input=None, prefix: str | None = None, *, last_step:
         plan = plan_checkpoint(state, prefix, last_step=last_step, activations=activations, label="state dict")
         return _plan_to_model(plan, "state_dict")
     if isinstance(obj, nn.GRU):
-        if obj.proj_size if hasattr(obj, "proj_size") else False:  # pragma: no cover - GRU has no projections
-            raise UnsupportedError("nn.GRU with proj_size is not supported")
         params = dict(obj.named_parameters())
         layers, _ = _gru_layers(params, "nn.GRU", "gru")
         return Model(tuple(layers), name="nn.GRU")

@@ -147,8 +147,16 @@ def test_keras_to_onnx_and_pt(tmp_path, capsys, rng):
         assert rc == 0, out
         assert "source (keras on k.keras) y" in out
         assert worst(out) < 1e-5
+    # detected by content when the extension says nothing; the same for a legacy .h5
+    blob = tmp_path / "k.blob"
+    blob.write_bytes(src.read_bytes())
+    km.save(tmp_path / "k.h5")
+    (tmp_path / "h5.blob").write_bytes((tmp_path / "k.h5").read_bytes())
+    assert converters.detect_format(blob) == "keras" and converters.detect_format(tmp_path / "h5.blob") == "keras"
     x = rng.uniform(-1, 1, (2, 6, 3)).astype(np.float32)
     ref = keras.ops.convert_to_numpy(km(x))
+    for p in (blob, tmp_path / "h5.blob"):
+        assert np.abs(converters.load_any(p).run(x)[0] - ref).max() < 1e-5
     assert np.abs(ort_run(tmp_path / "k.onnx", x) - ref).max() < 1e-5
     module = converters.to_torch(converters.from_keras(src))
     module.load_state_dict(torch.load(tmp_path / "k.pt", weights_only=True))

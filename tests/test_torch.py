@@ -482,3 +482,39 @@ def test_time_major_module_runs_batch_first(rng):
     with torch.no_grad():
         ref = m(torch.from_numpy(x.transpose(1, 0, 2).copy())).transpose(0, 1)
     check("nn.Module via ONNX export", model.run(x)[0], ref)
+
+
+def test_dtypes_kept_or_widened(tmp_path, rng):
+    """float64 modules stay float64; fp16 / bf16 checkpoints compute in float32."""
+    torch.manual_seed(10)
+    g64 = nn.GRU(3, 4, batch_first=True, dtype=torch.float64)
+    x = rng.uniform(-1, 1, (2, 5, 3))
+    m64 = from_torch(g64)
+    assert m64.dtype == np.float64
+    with torch.no_grad():
+        ref = g64(torch.from_numpy(x))[0]
+    assert np.abs(m64.run(x)[0] - ref.numpy()).max() < 1e-12
+    g = nn.GRU(3, 4, batch_first=True)
+    for dt in (torch.float16, torch.bfloat16):
+        half = {k: v.to(dt) for k, v in g.state_dict().items()}
+        m = from_torch(save(tmp_path, half, f"{dt}.pt"))
+        assert m.dtype == np.float32
+        g.load_state_dict({k: v.float() for k, v in half.items()})
+        with torch.no_grad():
+            ref = g(torch.from_numpy(x.astype(np.float32)))[0]
+        check("half checkpoint", m.run(x.astype(np.float32))[0], ref)
+
+
+def test_to_torch_keras_go_backwards_layer(rng):
+    """A reverse-only GRU with Keras go_backwards output order (time_reversed_output)."""
+    s = 0.5
+    for rs in (True, False):
+        g = GRU(W=rng.uniform(-s, s, (1, 12, 3)), R=rng.uniform(-s, s, (1, 12, 4)), B=rng.uniform(-s, s, (1, 24)),
+                direction="reverse", linear_before_reset=1, time_reversed_output=True, return_sequences=rs)
+        model = Model((g.astype(np.float32),))
+        x = randn(rng, 2, 6, 3)
+        y, h_n = model.run(x)
+        with torch.no_grad():
+            ty, th = to_torch(model)(torch.from_numpy(x))
+        check("to_torch", ty, y)
+        check("to_torch h_n", th, h_n)
