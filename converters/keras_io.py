@@ -42,7 +42,7 @@ import zipfile
 from dataclasses import dataclass, field
 import numpy as np
 
-from gru_engine.errors import ModelFileError, UnsupportedError
+from gru_engine.errors import GRUEngineError, ModelFileError, UnsupportedError
 from gru_engine.model import Activation as EActivation
 from gru_engine.model import Dense as EDense
 from gru_engine.model import Embedding as EEmbedding
@@ -148,17 +148,28 @@ def from_keras(path, config=None, *, name: str | None = None) -> Model:
     UnsupportedError : a layer or option that cannot be converted (named, with what is supported).
     """
     src = os.fspath(path)
-    with _open_source(src) as (file_cfg, store):
-        cfg = file_cfg
-        if config is not None:
-            cfg = _load_config_arg(config)
-        if cfg is None:
-            raise ModelFileError(
-                f"{src!r} holds weights only: pass its architecture as config= (a dict, a JSON string, "
-                "a config.json path or the .keras file it came from)"
-            )
-        arch = _parse_architecture(cfg, src)
-        return _build(arch, store, src, name)
+    cfg_arg = None if config is None else _load_config_arg(config)
+    try:
+        with _open_source(src) as (file_cfg, store):
+            cfg = file_cfg if cfg_arg is None else cfg_arg
+            if cfg is None:
+                raise ModelFileError(
+                    f"{src!r} holds weights only: pass its architecture as config= (a dict, a JSON string, "
+                    "a config.json path or the .keras file it came from)"
+                )
+            arch = _parse_architecture(cfg, src)
+            return _build(arch, store, src, name)
+    except GRUEngineError:
+        raise
+    except (OSError, RuntimeError, EOFError) as e:
+        # h5py reports damage found late (while listing groups, reading attributes) this way.
+        raise ModelFileError(f"{src!r} cannot be read (truncated or corrupt file?): {type(e).__name__}: {e}") from None
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError) as e:
+        # A config entry (or HDF5 attribute) of the wrong type or shape: hand-edited or foreign files.
+        raise ModelFileError(
+            f"{src!r}: the Keras config and weights must describe a Sequential or Functional model, got a "
+            f"malformed entry ({type(e).__name__}: {e})"
+        ) from None
 
 
 # --------------------------------------------------------------------------- opening files
@@ -209,7 +220,8 @@ class _Source:
             data = zf.read("model.weights.h5")
         except ModelFileError:
             raise
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, KeyError, ValueError) as e:
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, KeyError, ValueError,
+                NotImplementedError, RuntimeError) as e:  # zipfile: unknown versions / compression
             raise ModelFileError(f"{src!r} is not a readable .keras archive (truncated or corrupt?): {e}") from None
         h5 = _h5_open(io.BytesIO(data), f"{src}:model.weights.h5")
         self._closers.append(h5)
