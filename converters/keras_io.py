@@ -127,7 +127,7 @@ _KERAS_DENSE_ACT = {
 # --------------------------------------------------------------------------- public
 
 
-def from_keras(path, config=None, *, name: str | None = None) -> Model:
+def from_keras(path, config=None, *, name: str | None = None, keras_version: str | None = None) -> Model:
     """Convert a saved Keras model to a :class:`gru_engine.Model`, without importing Keras.
 
     Parameters
@@ -140,6 +140,9 @@ def from_keras(path, config=None, *, name: str | None = None) -> Model:
         ``model.get_config()``), a JSON string, a path to a ``.json`` file, or a path to a
         ``.keras`` / legacy ``.h5`` file whose architecture is used.
     name : the engine model's name (default: the Keras model's name).
+    keras_version : whose activation definitions apply, default the version recorded in the
+        file (``metadata.json`` / the ``keras_version`` attribute; Keras 3 when absent). Only
+        ``hard_sigmoid`` differs: Keras 3 ``relu6(x + 3) / 6``, Keras 1-2 ``clip(0.2 x + 0.5)``.
 
     Raises
     ------
@@ -158,6 +161,8 @@ def from_keras(path, config=None, *, name: str | None = None) -> Model:
                     "a config.json path or the .keras file it came from)"
                 )
             arch = _parse_architecture(cfg, src)
+            version = keras_version if keras_version is not None else store.keras_version
+            arch.keras2 = bool(version) and str(version).split(".")[0] in ("1", "2")
             return _build(arch, store, src, name)
     except GRUEngineError:
         raise
@@ -195,7 +200,9 @@ class _Source:
         if magic == b"\x89HDF\r\n\x1a\n":
             h5 = _h5_open(src, src)
             self._closers.append(h5)
-            return _h5_config(h5, src), _store_for_h5(h5, src)
+            store = _store_for_h5(h5, src)
+            store.keras_version = _h5_version(h5)
+            return _h5_config(h5, src), store
         raise ModelFileError(
             f"{src!r} must be a .keras archive (zip) or an HDF5 file (.h5 / .weights.h5), "
             f"got a file starting with {magic!r}"
@@ -225,7 +232,13 @@ class _Source:
             raise ModelFileError(f"{src!r} is not a readable .keras archive (truncated or corrupt?): {e}") from None
         h5 = _h5_open(io.BytesIO(data), f"{src}:model.weights.h5")
         self._closers.append(h5)
-        return cfg, _store_for_h5(h5, f"{src}:model.weights.h5")
+        store = _store_for_h5(h5, f"{src}:model.weights.h5")
+        try:
+            meta = json.loads(zf.read("metadata.json")) if "metadata.json" in names else {}
+            store.keras_version = str(meta.get("keras_version") or "") or None
+        except (ValueError, AttributeError, KeyError, OSError, zipfile.BadZipFile):
+            store.keras_version = None
+        return cfg, store
 
     def __exit__(self, *exc):
         for c in reversed(self._closers):
@@ -271,6 +284,18 @@ def _h5_config(h5, src: str):
         raise ModelFileError(f"{src!r}: the model_config attribute must be valid JSON, got an error: {e}") from None
 
 
+def _h5_version(h5) -> str | None:
+    try:
+        v = h5.attrs.get("keras_version")
+        if v is None and "model_weights" in h5:
+            v = h5["model_weights"].attrs.get("keras_version")
+    except (OSError, KeyError, RuntimeError, TypeError):
+        return None
+    if isinstance(v, bytes):
+        v = v.decode("utf-8", "replace")
+    return None if v is None else str(v)
+
+
 def _load_config_arg(config) -> dict:
     if isinstance(config, dict):
         return config
@@ -307,6 +332,7 @@ class _WeightStore:
     """Gives the arrays of one layer by layer name and class."""
 
     src: str
+    keras_version: str | None = None
 
     def layer_weights(self, lname: str, cls: str, parts: tuple[str, ...]) -> dict[str, list[np.ndarray]]:
         """``{part: [arrays in order]}``; ``parts`` are sub-paths such as ``"cell"`` or
@@ -485,12 +511,13 @@ class _Arch:
     input_dtype: str | None
     dtype: str
     weight_order: list  # [(layer name, class)] as model.layers orders them
+    keras2: bool = False  # written by Keras 1/2: their hard_sigmoid is clip(0.2 x + 0.5)
 
 
 def _unwrap(cfg: dict) -> tuple[str, dict]:
     if not isinstance(cfg, dict):
         raise ModelFileError(f"the Keras config must be a JSON object, got {type(cfg).__name__}")
-    if "class_name" in cfg and isinstance(cfg.get("config"), dict):
+    if "class_name" in cfg and isinstance(cfg.get("config"), (dict, list)):
         return str(cfg["class_name"]), cfg["config"]
     if "layers" in cfg:  # model.get_config()
         return ("Functional" if "input_layers" in cfg else "Sequential"), cfg
@@ -529,6 +556,8 @@ def _layer_name(layer: dict) -> str:
 
 def _parse_architecture(cfg: dict, src: str) -> _Arch:
     cls, c = _unwrap(cfg)
+    if isinstance(c, list):  # Keras 2.0-2.1 Sequential: "config" is the list of layers
+        c = {"layers": c}
     layers = c.get("layers")
     if not isinstance(layers, list):
         raise ModelFileError(f"{src!r}: the model config must list its layers, got {type(layers).__name__}")
@@ -769,8 +798,10 @@ def _act_name(v, where: str, attr: str) -> str:
     raise UnsupportedError(f"{where}: {attr}={v!r} is a custom activation; supported: Keras built-in activations by name")
 
 
-def _rnn_act(v, where: str, attr: str):
+def _rnn_act(v, where: str, attr: str, keras2: bool = False):
     n = _act_name(v, where, attr)
+    if keras2 and n == "hard_sigmoid":
+        return ("HardSigmoid", 0.2, 0.5)  # Keras 1/2: clip(0.2 x + 0.5, 0, 1)
     if n not in _KERAS_RNN_ACT:
         raise UnsupportedError(
             f"{where}: {attr}={n!r} has no ONNX RNN equivalent; supported: {', '.join(sorted(_KERAS_RNN_ACT))}"
@@ -778,8 +809,13 @@ def _rnn_act(v, where: str, attr: str):
     return _KERAS_RNN_ACT[n]
 
 
-def _dense_act(v, where: str):
+def _dense_act(v, where: str, keras2: bool = False):
     n = _act_name(v, where, "activation")
+    if keras2 and n == "hard_sigmoid":
+        raise UnsupportedError(
+            f"{where}: activation='hard_sigmoid' of a Keras 1/2 file (clip(0.2 x + 0.5)) has no Dense equivalent in the "
+            "engine; supported: hard_sigmoid of Keras 3 files (relu6(x + 3) / 6), or pass keras_version='3'"
+        )
     if n not in _KERAS_DENSE_ACT:
         raise UnsupportedError(
             f"{where}: activation={n!r} is not supported; supported: {', '.join(sorted(_KERAS_DENSE_ACT))}"
@@ -794,15 +830,15 @@ def _check(src: str, where: str, tensor: str, a: np.ndarray, expected: tuple) ->
         )
 
 
-def _gru_options(gc: dict, where: str) -> dict:
+def _gru_options(gc: dict, where: str, keras2: bool = False) -> dict:
     """Validate one Keras GRU config and return what the engine needs."""
     if gc.get("time_major"):
         raise UnsupportedError(f"{where}: time_major=True is not supported; supported: batch-major inputs")
     units = gc.get("units")
     if not isinstance(units, int) or units <= 0:
         raise ModelFileError(f"{where}: units must be a positive integer, got {units!r}")
-    f = _rnn_act(gc.get("recurrent_activation", "sigmoid"), where, "recurrent_activation")
-    g = _rnn_act(gc.get("activation", "tanh"), where, "activation")
+    f = _rnn_act(gc.get("recurrent_activation", "sigmoid"), where, "recurrent_activation", keras2)
+    g = _rnn_act(gc.get("activation", "tanh"), where, "activation", keras2)
     return {
         "units": units,
         "acts": (f, g),
@@ -929,7 +965,7 @@ class _Builder:
         self.masked = True
 
     def _l_Activation(self, node, where, is_last):
-        act, alpha = _dense_act(node.cfg.get("activation"), where)
+        act, alpha = _dense_act(node.cfg.get("activation"), where, self.arch.keras2)
         self.layers.append(EActivation(activation=act, alpha=alpha, name=node.lname))
 
     def _l_Dense(self, node, where, is_last, outer: _Node | None = None):
@@ -937,7 +973,7 @@ class _Builder:
         if c.get("quantization_config") or c.get("lora_rank"):
             raise UnsupportedError(f"{where}: quantized / LoRA Dense layers are not supported")
         units = c.get("units")
-        act, alpha = _dense_act(c.get("activation"), where)
+        act, alpha = _dense_act(c.get("activation"), where, self.arch.keras2)
         use_bias = bool(c.get("use_bias", True))
         if outer is None:
             arrs = self.weights(node, ("",))[""]
@@ -990,7 +1026,7 @@ class _Builder:
     def _l_GRU(self, node, where, is_last):
         self._check_seq(where)
         c = node.cfg
-        opts = _gru_options(c, where)
+        opts = _gru_options(c, where, self.arch.keras2)
         self._check_state(node, where, opts, is_last)
         if opts["zero_output_for_mask"] and not opts["return_sequences"] and self.masked:
             raise UnsupportedError(
@@ -1036,7 +1072,7 @@ class _Builder:
             lcls = _class_of(lay)
             if lcls != "GRU":
                 raise UnsupportedError(f"{where}: the {side} layer is {lcls!r}; supported: Bidirectional(GRU)")
-            sides[side] = _gru_options(lay.get("config") or {}, f"{where} {side} GRU")
+            sides[side] = _gru_options(lay.get("config") or {}, f"{where} {side} GRU", self.arch.keras2)
         fo, bo = sides["forward"], sides["backward"]
         if fo["go_backwards"] or not bo["go_backwards"]:
             raise UnsupportedError(

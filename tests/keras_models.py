@@ -313,3 +313,45 @@ def save_all(model, directory: str, stem: str) -> dict:
 
 def predict(model, x) -> np.ndarray:
     return np.asarray(model.predict(x, verbose=0))
+
+
+def as_keras2_h5(src: str, dst: str) -> None:
+    """Rewrite a legacy ``.h5`` written by Keras 3 in the dialect of tf.keras 2.x files:
+    ``keras_version`` 2.15.0, ``batch_input_shape`` on the first layer (no InputLayer in a
+    Sequential), ``inbound_nodes`` as ``[[[layer, node, index, {}]]]`` and ``:0`` weight names.
+    The weights themselves are unchanged, so Keras 3's predictions stay the reference."""
+    import shutil
+
+    import h5py  # noqa: PLC0415
+
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as h:
+        cfg = json.loads(h.attrs["model_config"])
+        c = cfg["config"]
+        if cfg["class_name"] == "Sequential":
+            first, *rest = c["layers"]
+            if first["class_name"] == "InputLayer":
+                rest[0]["config"]["batch_input_shape"] = first["config"]["batch_shape"]
+                c["layers"] = rest
+        else:
+            cfg["class_name"] = "Model"
+            for layer in c["layers"]:
+                lc = layer["config"]
+                if "batch_shape" in lc:
+                    lc["batch_input_shape"] = lc.pop("batch_shape")
+                layer["inbound_nodes"] = [
+                    [[*a["config"]["keras_history"], {}] for a in node["args"]] for node in layer["inbound_nodes"]
+                ]
+            c["input_layers"] = [c["input_layers"]]
+            c["output_layers"] = [c["output_layers"]]
+        h.attrs["model_config"] = json.dumps(cfg)
+        h.attrs["keras_version"] = "2.15.0"
+        mw = h["model_weights"]
+        mw.attrs["keras_version"] = "2.15.0"
+        for lname in mw:
+            g = mw[lname]
+            names = [n.decode() if isinstance(n, bytes) else str(n) for n in g.attrs.get("weight_names", [])]
+            for n in names:
+                g.move(n, n + ":0")
+            if names:
+                g.attrs["weight_names"] = [(n + ":0").encode() for n in names]

@@ -453,3 +453,24 @@ def test_malformed_config_entries_give_typed_errors(saved):
             from_keras(paths["weights"], config=c)
         except GRUEngineError:
             pass
+
+
+@pytest.mark.parametrize("case", ["embedding_mask_zero", "functional_plain", "bidirectional_backward_layer"])
+def test_keras2_dialect_legacy_h5(saved, kdir, case):
+    """Legacy .h5 in the tf.keras 2.x dialect (see keras_models.as_keras2_h5)."""
+    _m, paths, x, y = saved(case)
+    p = os.path.join(kdir, f"{case}.k2.h5")
+    KM.as_keras2_h5(paths["h5"], p)
+    assert _err(from_keras(p), x, y, (case, "keras2-h5")) <= TOL
+
+
+def test_hard_sigmoid_follows_the_writing_keras_version(saved, kdir):
+    """Keras 3 hard_sigmoid is relu6(x + 3) / 6 (alpha 1/6); Keras 1/2 files used 0.2 x + 0.5."""
+    _m, paths, _x, _y = saved("reset_before_hard_sigmoid")
+    assert from_keras(paths["h5"]).layers[0].activation_alpha == pytest.approx((1 / 6,))
+    assert from_keras(paths["h5"], keras_version="2.15.0").layers[0].activation_alpha == (0.2,)
+    p = os.path.join(kdir, "hs.k2.h5")
+    KM.as_keras2_h5(paths["h5"], p)
+    g = from_keras(p).layers[0]
+    assert g.activations == ("HardSigmoid", "Tanh") and g.activation_alpha == (0.2,) and g.activation_beta == (0.5,)
+    assert from_keras(p, keras_version="3.15.1").layers[0].activation_alpha == pytest.approx((1 / 6,))
