@@ -29,6 +29,7 @@ FIX_HINT = (
     "NVIDIA driver (nvidia-smi), or set NUMBA_ENABLE_CUDASIM=1 to test on numba's CUDA simulator"
 )
 _MERGE_CODES = {"sum": 0, "mul": 1, "ave": 2, "concat": 3}
+_HOST = object()  # marks a layer run on the host by DeviceModel (no GPU kernel for it)
 
 
 def get_cuda():
@@ -177,11 +178,16 @@ class DeviceModel:
             elif isinstance(layer, (Activation, Masking)):
                 packed.append(None)
             else:
-                raise UnsupportedError(
-                    f"layer {i} ({layer.describe()}) has no GPU implementation; the GPU path supports "
-                    "GRU, Dense, Activation, Embedding and Masking layers: run this model on the CPU"
-                )
+                from . import api
+
+                if type(layer) not in api.RUNNERS:
+                    raise UnsupportedError(
+                        f"layer {i} ({layer.describe()}) has neither a GPU nor a CPU implementation"
+                    )
+                packed.append(_HOST)  # host fallback: see _host_layer
         self._packed = packed
+        #: indices of the layers that run on the host (copied there and back)
+        self.host_layers = tuple(i for i, p in enumerate(packed) if p is _HOST)
         self._no_mask = cuda.to_device(np.ones((1, 1), np.uint8))
         self._no_bias = cuda.to_device(np.zeros(1, self.dtype))
 
@@ -357,7 +363,11 @@ class DeviceModel:
         gi = 0
         for i, layer in enumerate(self.model.layers):
             p = self._packed[i]
-            if isinstance(layer, Embedding):
+            if p is _HOST:
+                h, mask, from_lengths = self._host_layer(i, layer, h, mask, from_lengths)
+                if len(tuple(h.shape)) == 3:
+                    T = int(h.shape[1])
+            elif isinstance(layer, Embedding):
                 N = B * T
                 E = layer.table.shape[1]
                 out = ws.get(("emb", i), (N, E), dtype)
@@ -402,6 +412,19 @@ class DeviceModel:
                 h = self._gru(i, layer, p, h, B, T, mask, from_lengths, states[gi], ws, recurrence)
                 gi += 1
         return h
+
+    def _host_layer(self, i, layer, h, mask, from_lengths):
+        """Run a layer without a GPU kernel (Conv1D, normalization, pooling, ...) through the
+        CPU engine's runner: activations and mask go to the host and back."""
+        from . import api
+
+        cuda = self._cuda
+        ctx = api.RunContext(self.model)
+        ctx.mask = None if mask is None else np.ascontiguousarray(mask.copy_to_host())
+        ctx.from_lengths = from_lengths
+        out = np.ascontiguousarray(api.RUNNERS[type(layer)](layer, i, h.copy_to_host(), ctx), dtype=self.dtype)
+        new_mask = None if ctx.mask is None else cuda.to_device(np.ascontiguousarray(ctx.mask, dtype=np.uint8))
+        return cuda.to_device(out), new_mask, bool(ctx.from_lengths)
 
     def _activate(self, out, layer):
         code = DENSE_ACTIVATIONS[layer.activation]
@@ -474,6 +497,12 @@ class CudaStream:
                     f"layer {i} ({layer.describe()}{', ' + repr(layer.name) if layer.name else ''}) runs backward "
                     "in time and cannot stream: each step would need inputs that have not arrived yet"
                 )
+        if dm.host_layers:
+            i = dm.host_layers[0]
+            raise StreamingError(
+                f"layer {i} ({model.layers[i].describe()}) has no GPU kernel, so a GPU stream cannot "
+                "keep its state on the device; stream this model on the CPU (device='cpu')"
+            )
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise InputShapeError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.dm = dm

@@ -552,7 +552,8 @@ def gru_recurrence(ks, XP, RT, Rb_h, h, mask, use_mask, rev0, lbr, acts, clip, z
     flags = (int(use_mask), int(rev0), int(lbr))
     if persistent:
         shared = 4 * H * ks.dtype.itemsize
-        ks.gru_persistent[(B, D), TPB, 0, shared](
+        threads = min(1024, TPB * max(1, -(-H // TPB)))  # >= H threads when possible: one per unit
+        ks.gru_persistent[(B, D), threads, 0, shared](
             XP, RT, Rb_h, h, mask, *flags, acts, dt(clip), int(zero_invalid), int(empty_zero),
             int(time_rev_out), Y, T,
         )

@@ -454,3 +454,49 @@ def test_no_gpu_gives_device_error_with_fix_and_cpu_path_never_imports_cuda():
     for msg in errors:
         assert "device='cuda' must find a usable CUDA GPU" in msg
         assert "gru-engine[cuda]" in msg and "nvidia-smi" in msg and "NUMBA_ENABLE_CUDASIM=1" in msg
+
+
+@needs_cuda
+def test_layers_without_gpu_kernel_run_on_the_host_in_between():
+    from gru_engine.layers import Conv1D, LayerNormalization
+
+    rng = np.random.default_rng(12)
+    W, R, B = random_gru_weights(rng, 4, 3, 1)
+    model = Model((
+        Conv1D(kernel=f32(rng, 4, 2, 2), bias=f32(rng, 4), activation="relu"),  # valid padding: T -> T - 1
+        LayerNormalization(gamma=np.ones(4, np.float32), beta=np.zeros(4, np.float32)),
+        GRU(W=W, R=R, B=B, linear_before_reset=1),
+        Dense(kernel=f32(rng, 3, 2)),
+    ))
+    x = f32(rng, 2, 5, 2, scale=1.0)
+    want_y, want_h = model.run(x)
+    dm = model.to("cuda")
+    assert dm.host_layers == (0, 1)
+    got_y, got_h = dm.run(x)
+    assert got_y.shape == (2, 4, 2)
+    assert_close(got_y, want_y, np.float32, "y")
+    assert_close(got_h, want_h, np.float32, "h_n")
+    with pytest.raises(StreamingError, match="has no GPU kernel"):
+        dm.stream(1)
+
+
+def _nvvm_home():
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home and os.path.isdir(os.path.join(home, "nvvm")):
+        return home
+    return None
+
+
+@pytest.mark.skipif(_nvvm_home() is None, reason="no CUDA toolkit (CUDA_HOME with nvvm/): the PTX type check needs NVVM")
+def test_every_kernel_compiles_to_ptx_in_both_dtypes():
+    """The simulator runs kernels as Python and checks no types: compile them for real (no GPU needed)."""
+    code = """
+        import numpy as np
+        from gru_engine import kernels_cuda
+        for dt in (np.float32, np.float64):
+            names = kernels_cuda.ptx_check(dt, cc=(8, 0))
+            print(dt.__name__, sorted(names) == sorted(kernels_cuda.KERNEL_NAMES))
+        """
+    p = _run_without_simulator(code)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "float32 True" in p.stdout and "float64 True" in p.stdout, p.stdout
