@@ -63,7 +63,8 @@ NOOP_LAYERS = {
 }
 #: Every Keras class the converter understands, for error messages.
 SUPPORTED_LAYERS = sorted(
-    {"InputLayer", "Embedding", "Masking", "GRU", "Bidirectional", "Dense", "TimeDistributed", "Activation"}
+    {"InputLayer", "Embedding", "Masking", "GRU", "RNN(GRUCell)", "Bidirectional", "Dense", "TimeDistributed",
+     "Activation"}
     | NOOP_LAYERS
 )
 #: Keras ops that Keras records in a Functional graph to compute masks (Embedding mask_zero ->
@@ -830,6 +831,22 @@ def _check(src: str, where: str, tensor: str, a: np.ndarray, expected: tuple) ->
         )
 
 
+def _gru_config(layer: dict, where: str) -> dict | None:
+    """The GRU options of a ``GRU`` layer or of an ``RNN`` wrapping one ``GRUCell`` (the cell's
+    options merged with the RNN's return_sequences / go_backwards / ...); None otherwise."""
+    cls = _class_of(layer)
+    c = layer.get("config") or {}
+    if cls == "GRU":
+        return c
+    if cls == "RNN":
+        cell = c.get("cell")
+        if isinstance(cell, dict) and _class_of(cell) == "GRUCell":
+            return {**(cell.get("config") or {}), **{k: v for k, v in c.items() if k != "cell"}}
+        inner = [_class_of(x) for x in cell] if isinstance(cell, list) else _class_of(cell) if isinstance(cell, dict) else cell
+        raise UnsupportedError(f"{where}: RNN with cell {inner!r} is not supported; supported: RNN(GRUCell(...))")
+    return None
+
+
 def _gru_options(gc: dict, where: str, keras2: bool = False) -> dict:
     """Validate one Keras GRU config and return what the engine needs."""
     if gc.get("time_major"):
@@ -915,7 +932,7 @@ class _Builder:
                 f"{where} cannot be converted: supported layers are {_supported_list()} "
                 "(Lambda and custom layers hold code, which is never loaded)"
             )
-        if self.arch.kind == "Functional" and cls in ("GRU", "Bidirectional") and node.masked_call is not None:
+        if self.arch.kind == "Functional" and cls in ("GRU", "RNN", "Bidirectional") and node.masked_call is not None:
             if node.masked_call != self.masked:
                 raise UnsupportedError(
                     f"{where}: the file passes {'a' if node.masked_call else 'no'} mask to this layer, but "
@@ -1023,6 +1040,10 @@ class _Builder:
                 "return_state in a Functional model whose chain uses only the main output"
             )
 
+    def _l_RNN(self, node, where, is_last):
+        cfg = _gru_config({"class_name": "RNN", "config": node.cfg}, where)
+        return self._l_GRU(_Node("RNN", cfg, node.lname, node.masked_call), where, is_last)
+
     def _l_GRU(self, node, where, is_last):
         self._check_seq(where)
         c = node.cfg
@@ -1069,10 +1090,12 @@ class _Builder:
                 lay = dict(fl, config=dict(fl.get("config") or {}, go_backwards=True))
                 if fl.get("config", {}).get("go_backwards"):
                     lay["config"]["go_backwards"] = False
-            lcls = _class_of(lay)
-            if lcls != "GRU":
-                raise UnsupportedError(f"{where}: the {side} layer is {lcls!r}; supported: Bidirectional(GRU)")
-            sides[side] = _gru_options(lay.get("config") or {}, f"{where} {side} GRU", self.arch.keras2)
+            gcfg = _gru_config(lay, f"{where} {side} layer")
+            if gcfg is None:
+                raise UnsupportedError(
+                    f"{where}: the {side} layer is {_class_of(lay)!r}; supported: Bidirectional(GRU), Bidirectional(RNN(GRUCell))"
+                )
+            sides[side] = _gru_options(gcfg, f"{where} {side} GRU", self.arch.keras2)
         fo, bo = sides["forward"], sides["backward"]
         if fo["go_backwards"] or not bo["go_backwards"]:
             raise UnsupportedError(

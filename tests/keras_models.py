@@ -123,6 +123,19 @@ def bidirectional_backward_layer():
     return m, "float"
 
 
+def rnn_gru_cell():
+    k = _k()
+    L = k.layers
+    m = k.Sequential([
+        k.Input((T, F)),
+        L.Masking(0.0),
+        L.RNN(L.GRUCell(4, reset_after=False, recurrent_activation="hard_sigmoid"), return_sequences=True),
+        L.Bidirectional(L.RNN(L.GRUCell(3), return_sequences=True), merge_mode="sum"),
+        L.RNN(L.GRUCell(3), go_backwards=True),
+    ])
+    return m, "float"
+
+
 def masking_post_padding():
     k = _k()
     L = k.layers
@@ -250,7 +263,7 @@ CASES = {
     for f in [
         seq_basic, seq_no_input_layer, reset_before_hard_sigmoid, gru_activations, go_backwards,
         bidirectional("concat"), bidirectional("sum"), bidirectional("mul"), bidirectional("ave"),
-        bidirectional_backward_layer, masking_post_padding, masking_bidirectional_last, masking_bidirectional_sequences,
+        bidirectional_backward_layer, rnn_gru_cell, masking_post_padding, masking_bidirectional_last, masking_bidirectional_sequences,
         embedding_mask_zero, embedding_no_mask, noop_and_activations,
         functional_return_state, functional_masking, functional_plain,
     ]
