@@ -251,12 +251,31 @@ def convert_keras_layer(
     return None  # pragma: no cover - every class of KERAS_LAYER_CLASSES is handled above
 
 
+#: Keras classes that pass a mask (Embedding mask_zero / Masking) through unchanged.
+MASK_PASSING = {"BatchNormalization", "LayerNormalization", "UnitNormalization", "ReLU", "LeakyReLU", "ELU"}
+#: Keras classes that consume a mask and return none (the average then skips masked steps).
+MASK_CONSUMING = {"GlobalAveragePooling1D", "GlobalAvgPool1D", "GlobalMaxPooling1D", "GlobalMaxPool1D"}
+
+
 def add_keras_layer(builder, node, where: str) -> bool:
     """Hook for :class:`converters.keras_io._Builder`: convert ``node`` if it is one of ours,
-    append the layers, update the builder's feature size / sequence flag. False when not ours."""
+    append the layers, update the builder's feature size / sequence / mask flags. False when
+    not ours.
+
+    A Keras mask reaching a layer that does not support masks (``Conv1D``, pooling, padding,
+    ``Flatten``, ``Reshape``, ``Softmax``) is refused: Keras would silently drop it there.
+    """
     n = keras_weight_count(node.cls, node.cfg)
     if n is None:
         return False
+    masked = getattr(builder, "masked", False) and builder.seq
+    if masked and node.cls not in MASK_PASSING | MASK_CONSUMING:
+        raise UnsupportedError(
+            f"{where}: a mask (Embedding mask_zero / Masking) reaches this layer, which Keras runs without it; "
+            f"supported after a mask: {', '.join(sorted(MASK_PASSING | MASK_CONSUMING))}"
+        )
+    if node.cls in MASK_CONSUMING and hasattr(builder, "masked"):
+        builder.masked = False
     arrays = builder.weights(node, ("",))[""] if n else []
     layers = convert_keras_layer(node.cls, node.cfg, arrays, node.lname, seq=builder.seq, dtype=builder.dtype)
     for layer in layers:

@@ -20,6 +20,32 @@ _FM = config.FASTMATH
 _EM = config.ERROR_MODEL
 
 
+@njit(cache=True, fastmath=_FM, error_model=_EM, inline="always")
+def _conv_row(x, Wp, bias, stride, dilation, groups, start, y, b, o):
+    """Output step ``o`` of batch row ``b`` (see :func:`conv1d`)."""
+    T = x.shape[1]
+    Cout = y.shape[2]
+    K = Wp.shape[0]
+    Cg = Wp.shape[1]
+    Og = Cout // groups
+    yo = y[b, o]
+    for oc in range(Cout):
+        yo[oc] = bias[oc]
+    t0 = start + o * stride
+    for k in range(K):
+        t = t0 + k * dilation
+        if t < 0 or t >= T:
+            continue
+        xt = x[b, t]
+        Wk = Wp[k]
+        for g in range(groups):
+            for c in range(Cg):
+                xv = xt[g * Cg + c]
+                Wc = Wk[c]
+                for oc in range(g * Og, (g + 1) * Og):
+                    yo[oc] += xv * Wc[oc]
+
+
 @njit(cache=True, fastmath=_FM, error_model=_EM, parallel=True, nogil=True)
 def conv1d(x, Wp, bias, stride, dilation, groups, start, y):
     """1-D convolution (cross-correlation, as ONNX Conv / torch / Keras) over time.
@@ -30,33 +56,19 @@ def conv1d(x, Wp, bias, stride, dilation, groups, start, y):
         y[b, o, oc] = bias[oc] + sum_{k, c} Wp[k, c, oc] * x[b, start + o*stride + k*dilation, g*Cg + c]
     with g the group of oc; input indices outside [0, T) read as 0 (zero padding).
     ``start`` is minus the left padding (or an offset into a longer buffer when streaming).
+    Output steps run in parallel; :func:`conv1d_serial` is the same for small calls.
     """
-    Bn = x.shape[0]
-    T = x.shape[1]
     To = y.shape[1]
-    Cout = y.shape[2]
-    K = Wp.shape[0]
-    Cg = Wp.shape[1]
-    Og = Cout // groups
-    for n in prange(Bn * To):
-        b = n // To
-        o = n - b * To
-        yo = y[b, o]
-        for oc in range(Cout):
-            yo[oc] = bias[oc]
-        t0 = start + o * stride
-        for k in range(K):
-            t = t0 + k * dilation
-            if t < 0 or t >= T:
-                continue
-            xt = x[b, t]
-            Wk = Wp[k]
-            for g in range(groups):
-                for c in range(Cg):
-                    xv = xt[g * Cg + c]
-                    Wc = Wk[c]
-                    for oc in range(g * Og, (g + 1) * Og):
-                        yo[oc] += xv * Wc[oc]
+    for n in prange(x.shape[0] * To):
+        _conv_row(x, Wp, bias, stride, dilation, groups, start, y, n // To, n % To)
+
+
+@njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)
+def conv1d_serial(x, Wp, bias, stride, dilation, groups, start, y):
+    """:func:`conv1d` on one thread (no thread-pool wake-up: streaming steps, small inputs)."""
+    To = y.shape[1]
+    for n in range(x.shape[0] * To):
+        _conv_row(x, Wp, bias, stride, dilation, groups, start, y, n // To, n % To)
 
 
 @njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)
@@ -109,6 +121,36 @@ def unit_norm(x, eps, y):
             y[n, f] = x[n, f] * inv
 
 
+@njit(cache=True, fastmath=_FM, error_model=_EM, inline="always")
+def _pool_row(x, pool, stride, start, is_max, count_include_pad, y, b, o):
+    """Output step ``o`` of batch row ``b`` (see :func:`pool1d`)."""
+    T = x.shape[1]
+    F = x.shape[2]
+    yo = y[b, o]
+    t0 = start + o * stride
+    lo = max(t0, 0)
+    hi = min(t0 + pool, T)
+    if is_max:
+        for f in range(F):
+            yo[f] = -math.inf
+        for t in range(lo, hi):
+            xt = x[b, t]
+            for f in range(F):
+                if xt[f] > yo[f] or xt[f] != xt[f]:
+                    yo[f] = xt[f]
+    else:
+        for f in range(F):
+            yo[f] = 0.0
+        for t in range(lo, hi):
+            xt = x[b, t]
+            for f in range(F):
+                yo[f] += xt[f]
+        cnt = pool if count_include_pad else hi - lo
+        inv = 1.0 / cnt if cnt > 0 else 0.0
+        for f in range(F):
+            yo[f] *= inv
+
+
 @njit(cache=True, fastmath=_FM, error_model=_EM, parallel=True, nogil=True)
 def pool1d(x, pool, stride, start, is_max, count_include_pad, y):
     """Average / max pooling over time. x (B, T, F); y (B, To, F).
@@ -117,36 +159,21 @@ def pool1d(x, pool, stride, start, is_max, count_include_pad, y):
     outside [0, T) are padding: ignored by max, and by the average unless
     ``count_include_pad`` (then they count as zeros, the divisor is ``pool``).
     """
-    Bn = x.shape[0]
-    T = x.shape[1]
-    F = x.shape[2]
     To = y.shape[1]
-    for n in prange(Bn * To):
-        b = n // To
-        o = n - b * To
-        yo = y[b, o]
-        t0 = start + o * stride
-        lo = max(t0, 0)
-        hi = min(t0 + pool, T)
-        if is_max:
-            for f in range(F):
-                yo[f] = -math.inf
-            for t in range(lo, hi):
-                xt = x[b, t]
-                for f in range(F):
-                    if xt[f] > yo[f] or xt[f] != xt[f]:
-                        yo[f] = xt[f]
-        else:
-            for f in range(F):
-                yo[f] = 0.0
-            for t in range(lo, hi):
-                xt = x[b, t]
-                for f in range(F):
-                    yo[f] += xt[f]
-            cnt = pool if count_include_pad else hi - lo
-            inv = 1.0 / cnt if cnt > 0 else 0.0
-            for f in range(F):
-                yo[f] *= inv
+    for n in prange(x.shape[0] * To):
+        _pool_row(x, pool, stride, start, is_max, count_include_pad, y, n // To, n % To)
+
+
+@njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)
+def pool1d_serial(x, pool, stride, start, is_max, count_include_pad, y):
+    """:func:`pool1d` on one thread."""
+    To = y.shape[1]
+    for n in range(x.shape[0] * To):
+        _pool_row(x, pool, stride, start, is_max, count_include_pad, y, n // To, n % To)
+
+
+#: below this many output steps (B * To) the serial kernels run (thread wake-up costs more)
+PARALLEL_MIN_STEPS = 256
 
 
 @njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)

@@ -625,7 +625,8 @@ def run_conv1d(layer: Conv1D, i: int, x: np.ndarray, ctx) -> np.ndarray:
     _check_length(layer, i, To, T)
     x = np.ascontiguousarray(x, dtype=dtype)
     y = np.empty((B, To, layer.out_channels), dtype)
-    KL.conv1d(x, layer.packed(dtype), layer.bias.astype(dtype, copy=False), layer.stride, layer.dilation,
+    conv = KL.conv1d if B * To >= KL.PARALLEL_MIN_STEPS else KL.conv1d_serial
+    conv(x, layer.packed(dtype), layer.bias.astype(dtype, copy=False), layer.stride, layer.dilation,
               layer.groups, -left, y)
     if layer.activation != "linear":
         KC.dense_act_inplace(_flat(y), DENSE_ACTIVATIONS[layer.activation], dtype.type(layer.alpha))
@@ -641,7 +642,8 @@ def run_pooling(layer: _Pooling1D, i: int, x: np.ndarray, ctx) -> np.ndarray:
     To = layer.output_length(T)
     _check_length(layer, i, To, T)
     y = np.empty((B, To, F), x.dtype)
-    KL.pool1d(np.ascontiguousarray(x), layer.pool_size, layer.stride, -left, layer.is_max,
+    pool = KL.pool1d if B * To >= KL.PARALLEL_MIN_STEPS else KL.pool1d_serial
+    pool(np.ascontiguousarray(x), layer.pool_size, layer.stride, -left, layer.is_max,
               layer.count_include_pad and layer.padding == "explicit", y)
     return y
 

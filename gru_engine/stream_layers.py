@@ -206,8 +206,9 @@ def _compute(layer, KL, dtype):
     def conv(ext, start, m):
         y = np.empty((ext.shape[0], m, layer.out_channels), dtype)
         if m:
-            KL.conv1d(ext, layer.packed(dtype), layer.bias.astype(dtype, copy=False), layer.stride, layer.dilation,
-                      layer.groups, start, y)
+            kern = KL.conv1d if ext.shape[0] * m >= KL.PARALLEL_MIN_STEPS else KL.conv1d_serial
+            kern(ext, layer.packed(dtype), layer.bias.astype(dtype, copy=False), layer.stride, layer.dilation,
+                 layer.groups, start, y)
             if layer.activation != "linear":
                 from . import kernels_cpu as KC
 
@@ -218,7 +219,8 @@ def _compute(layer, KL, dtype):
     def pool(ext, start, m):
         y = np.empty((ext.shape[0], m, ext.shape[2]), dtype)
         if m:
-            KL.pool1d(ext, layer.pool_size, layer.stride, start, layer.is_max, False, y)
+            kern = KL.pool1d if ext.shape[0] * m >= KL.PARALLEL_MIN_STEPS else KL.pool1d_serial
+            kern(ext, layer.pool_size, layer.stride, start, layer.is_max, False, y)
         return y
 
     return conv if isinstance(layer, Conv1D) else pool

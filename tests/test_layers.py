@@ -119,6 +119,22 @@ def test_conv1d_matches_numpy(rng, K, stride, dilation, groups, padding, pads, T
         assert y.shape[1] == T
 
 
+def test_parallel_and_serial_kernels_agree(rng):
+    """Large calls take the parallel kernels, small ones the serial ones: same results."""
+    from gru_engine import kernels_layers as KL
+
+    W, b = r32(rng, 6, 2, 3, scale=0.5), r32(rng, 6)
+    conv = Conv1D(kernel=W, bias=b, padding="same", stride=2, groups=2)
+    pool = AveragePooling1D(pool_size=3, stride=1, padding="same")
+    x = r32(rng, 6, 120, 4)
+    assert 6 * conv.output_length(120) >= KL.PARALLEL_MIN_STEPS
+    l, r = np_same_pads(120, 3, 2)
+    np.testing.assert_allclose(run1(conv, x), np_conv1d(x, W, b, 2, 1, 2, l, r), atol=ATOL[F32], rtol=0)
+    big = run1(pool, x)
+    np.testing.assert_allclose(big, np_pool(x, 3, 1, 1, 1, False, False), atol=ATOL[F32], rtol=0)
+    np.testing.assert_array_equal(np.concatenate([run1(pool, x[i : i + 1]) for i in range(6)]), big)
+
+
 def test_conv1d_matches_torch(rng):
     torch = pytest.importorskip("torch")
     W = r32(rng, 6, 3, 5, scale=0.3)
