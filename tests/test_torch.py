@@ -518,3 +518,44 @@ def test_to_torch_keras_go_backwards_layer(rng):
             ty, th = to_torch(model)(torch.from_numpy(x))
         check("to_torch", ty, y)
         check("to_torch h_n", th, h_n)
+
+
+def test_keras_to_torch_round_trip(tmp_path, rng):
+    """Keras file -> from_keras -> to_torch matches model.predict (no TensorFlow anywhere)."""
+    keras = pytest.importorskip("keras")
+    keras.utils.set_random_seed(11)
+    km = keras.Sequential([
+        keras.Input((None,), dtype="int32"),
+        keras.layers.Embedding(15, 4),
+        keras.layers.Bidirectional(keras.layers.GRU(5, return_sequences=True), merge_mode="sum"),
+        keras.layers.GRU(3, go_backwards=True, return_sequences=True),
+        keras.layers.TimeDistributed(keras.layers.Dense(2)),
+        keras.layers.Activation("tanh"),
+    ])
+    km.layers[0].set_weights([rng.standard_normal((15, 4)).astype(np.float32) * 2])  # Keras' init is +-0.05
+    path = tmp_path / "k.keras"
+    km.save(path)
+    x = rng.integers(0, 15, (2, 7))
+    ref = keras.ops.convert_to_numpy(km.predict(x, verbose=0))
+    assert ref.std() > 0.05  # outputs that vary, so the comparison means something
+    module = to_torch(converters.from_keras(path))
+    with torch.no_grad():
+        ty, _ = module(torch.from_numpy(x))
+    check("keras -> to_torch", ty, ref)
+    # reset_after=False has no nn.GRU equivalent: refused by name
+    k0 = keras.Sequential([keras.Input((None, 3)), keras.layers.GRU(4, reset_after=False, name="old_gru")])
+    k0.save(tmp_path / "k0.keras")
+    with pytest.raises(UnsupportedError, match="old_gru.*linear_before_reset must be 1"):
+        to_torch(converters.from_keras(tmp_path / "k0.keras"))
+
+
+def test_validate_against_module_objects(rng):
+    torch.manual_seed(12)
+    rep = converters.validate_against(Tagger(last=True), "torch", x=rng.integers(0, 11, (2, 6)))
+    assert set(rep) == {"y"} and rep["y"]["ok"], rep
+    rep = converters.validate_against(nn.GRU(3, 4, num_layers=2), "torch")  # time-major module, default input
+    assert rep["y"]["ok"] and rep["h_n"]["ok"], rep
+    with pytest.raises(ModelDefinitionError, match="x must be given"):
+        converters.validate_against(Tagger(), "torch")
+    with pytest.raises(ModelDefinitionError, match="framework must be one of"):
+        converters.validate_against(Tagger(), "tensorflow")
