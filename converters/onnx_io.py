@@ -622,6 +622,8 @@ def _from_own(proto, props, label):
                 _check_gru_sizes(kw, f"{label}: layer {i}")
             layers.append(cls(**kw))
         model = Model(tuple(layers), mmeta.get("input_size"), mmeta.get("name", ""))
+    except ModelDefinitionError as e:
+        raise ModelFileError(f"{label}: {e}") from None
     except GRUEngineError:
         raise
     except (TypeError, ValueError, KeyError) as e:
