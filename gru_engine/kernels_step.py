@@ -2,15 +2,16 @@
 
 A compiled *step program* describes the model (built once by :mod:`gru_engine.stream`):
 
-* ``P`` (n,) float: every weight the step reads, flat, each block at a known offset;
-* ``M`` (n,) int64: a header (:data:`HEADER` slots) then one op per layer, :data:`OP_WIDTH`
-  slots each (op code first, then sizes and offsets into ``P`` and into a state row);
+* ``P`` (n,) float: every weight the step reads, flat, each block at a known offset, and
+  the program ``M``, int32 values stored in P's bytes (``P.view(int32)[P.view(int32)[0]:]``):
+  a header (:data:`HEADER` slots) then one op per layer, :data:`OP_WIDTH` slots each (op
+  code first, then sizes and offsets into ``P`` and into a state row);
 * ``S`` (rows, rowlen) float: one row per stream: slot 0 is the pool's "open" flag, then the
   input, each layer's output region (a GRU's output region *is* its hidden state) and its
   scratch. Rows never share memory, so rows may be stepped in parallel.
 
-So a step call has five array arguments whatever the model (a numba call costs ~50 ns per
-array argument), and the kernels allocate nothing. Kernels trust the program; they check
+So a step call has four array arguments whatever the model, ``(P, S, x, out)`` (a numba
+call costs ~50 ns per array argument), and the kernels allocate nothing. Kernels trust the program; they check
 only what the caller passes per call (shapes, token ids, pool slots) and return an error
 code (:data:`OK` = 0) that :mod:`gru_engine.stream` turns into an exception.
 
@@ -234,8 +235,8 @@ def _gru_step(P, m, s, fast):
     lbr = 0), Rb_h (H,), acts (7,) = f code, f alpha, f beta, g code, g alpha, g beta, clip.
     Scratch: s[sc:sc+6H] = gx (3H) then gh (3H).
     """
-    I = m[1]
-    H = m[2]
+    I = np.int64(m[1])
+    H = np.int64(m[2])
     C = 3 * H
     x = s[m[3] : m[3] + I]
     h = s[m[4] : m[4] + H]
@@ -319,8 +320,8 @@ def _run_row(P, M, s, masked):
             if not masked:
                 _gru_step(P, m, s, fast)
         elif code == OP_DENSE:
-            n_in = m[1]
-            n_out = m[2]
+            n_in = np.int64(m[1])
+            n_out = np.int64(m[2])
             x = s[m[3] : m[3] + n_in]
             y = s[m[4] : m[4] + n_out]
             K = P[m[5] : m[5] + n_in * n_out].reshape((n_in, n_out))
@@ -399,8 +400,16 @@ def _check_tokens(M, ids):
 # ----------------------------------------------------------------------------- entry points
 
 
-def step_rows(P, M, S, x, out):
+@njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)
+def program(P):
+    """The int32 program stored in P's bytes (see the module docstring)."""
+    Pi = P.view(np.int32)
+    return Pi[Pi[0] :]
+
+
+def step_rows(P, S, x, out):
     """Step every row of S: x (B, F) float, out (B, out). Returns an error code (0: ok)."""
+    M = program(P)
     B = S.shape[0]
     if x.shape[0] != B or x.shape[1] != M[H_IN_SIZE]:
         return ERR_X_SHAPE
@@ -412,8 +421,9 @@ def step_rows(P, M, S, x, out):
     return OK
 
 
-def step_rows_tokens(P, M, S, ids, out):
+def step_rows_tokens(P, S, ids, out):
     """Step every row of S on token ids (B,) int64. Returns an error code (0: ok)."""
+    M = program(P)
     B = S.shape[0]
     if ids.shape[0] != B:
         return ERR_X_SHAPE
@@ -462,8 +472,9 @@ def _pool_checks(P, M, S, slots, n_x, out):
     return _claim_slots(S, slots)
 
 
-def step_slots(P, M, S, slots, x, out):
+def step_slots(P, S, slots, x, out):
     """Pool step, serial: row i of x steps state row slots[i] of S into out[i]."""
+    M = program(P)
     if x.shape[1] != M[H_IN_SIZE]:
         return ERR_X_SHAPE
     rc = _pool_checks(P, M, S, slots, x.shape[0], out)
@@ -474,8 +485,9 @@ def step_slots(P, M, S, slots, x, out):
     return OK
 
 
-def step_slots_parallel(P, M, S, slots, x, out):
+def step_slots_parallel(P, S, slots, x, out):
     """Pool step, rows spread over threads (many streams per call)."""
+    M = program(P)
     if x.shape[1] != M[H_IN_SIZE]:
         return ERR_X_SHAPE
     rc = _pool_checks(P, M, S, slots, x.shape[0], out)
@@ -486,8 +498,9 @@ def step_slots_parallel(P, M, S, slots, x, out):
     return OK
 
 
-def step_slots_tokens(P, M, S, slots, ids, out):
+def step_slots_tokens(P, S, slots, ids, out):
     """Pool step on token ids (n,) int64, serial."""
+    M = program(P)
     rc = _pool_checks(P, M, S, slots, ids.shape[0], out)
     if rc != OK:
         return rc
@@ -503,8 +516,8 @@ def step_slots_tokens(P, M, S, slots, ids, out):
 # wrong dtype or layout raises TypeError at the call instead of compiling a new version (the
 # Python wrapper then converts and retries); float64 models use lazily compiled twins.
 _J = dict(cache=True, fastmath=_FM, error_model=_EM, nogil=True)
-_F32 = "int64(f4[::1], i8[::1], f4[:, ::1], {x}, f4[:, ::1])"
-_F32_SLOTS = "int64(f4[::1], i8[::1], f4[:, ::1], i8[::1], {x}, f4[:, ::1])"
+_F32 = "int64(f4[::1], f4[:, ::1], {x}, f4[:, ::1])"
+_F32_SLOTS = "int64(f4[::1], f4[:, ::1], i8[::1], {x}, f4[:, ::1])"
 
 KERNELS = {
     np.dtype(np.float32): {

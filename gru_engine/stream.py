@@ -51,7 +51,8 @@ from .model import DENSE_ACTIVATIONS, Activation, Dense, Embedding, GRU, Masking
 class StepProgram:
     """A model compiled for streaming: shared, read-only weights and the row layout.
 
-    P (n,) float weights; M (n,) int64 program; rowlen: floats per stream row;
+    P (n,) float weights with the program in its bytes; M (n,) int64: the same program, for
+    Python-side reads; rowlen: floats per stream row;
     states: (row offset, hidden size) of each GRU layer's state, in layer order;
     extra_state: (row offset, size) of other per-stream state (ring buffers...).
     """
@@ -78,7 +79,8 @@ class ProgramBuilder:
         self.model = model
         self.dtype = np.dtype(model.dtype)
         self._params: list[np.ndarray] = []
-        self._poff = 0
+        self._offsets: list[int] = []
+        self._poff = 16  # P[0] holds the program's position (see finish)
         self._ops: list[list[int]] = []
         self._rowlen = KS.ROW_START
         self.header = np.zeros(KS.HEADER, np.int64)
@@ -97,12 +99,10 @@ class ProgramBuilder:
     def param(self, a) -> int:
         """Append ``a`` (any shape, C order) to the weight buffer; returns its offset."""
         a = np.ascontiguousarray(a, dtype=self.dtype).ravel()
-        pad = (-self._poff) % 16  # 64-byte aligned blocks
-        if pad:
-            self._params.append(np.zeros(pad, self.dtype))
-            self._poff += pad
+        self._poff += (-self._poff) % 16  # 64-byte aligned blocks
         off = self._poff
         self._params.append(a)
+        self._offsets.append(off)
         self._poff += a.size
         return off
 
@@ -129,8 +129,18 @@ class ProgramBuilder:
         M[KS.H_OUT_SIZE] = self.size
         for i, op in enumerate(self._ops):
             M[KS.HEADER + i * KS.OP_WIDTH : KS.HEADER + i * KS.OP_WIDTH + len(op)] = op
-        P = np.concatenate(self._params) if self._params else np.zeros(16, self.dtype)
-        P = np.ascontiguousarray(P, dtype=self.dtype)
+        # The program goes into P's bytes after the weights (int32 values; P.view(int32)[0]
+        # holds where it starts), so a step call passes one array for both.
+        if M.min() < np.iinfo(np.int32).min or M.max() > np.iinfo(np.int32).max:
+            raise StreamingError("the model is too large to stream: offsets must fit in int32")
+        per = self.dtype.itemsize // 4  # int32 slots per element of P
+        start = self._poff + (-self._poff) % 16
+        P = np.zeros(start + -(-M.size // per) + 16, self.dtype)
+        for off, a in zip(self._offsets, self._params):
+            P[off : off + a.size] = a
+        Pi = P.view(np.int32)
+        Pi[0] = start * per
+        Pi[start * per : start * per + M.size] = M
         rowlen = -(-self._rowlen // 16) * 16  # rows on separate cache lines
         return StepProgram(
             P, M, rowlen, int(M[KS.H_IN_SIZE]), int(self.size), self.takes_tokens, self.vocab,
@@ -329,6 +339,7 @@ class Stream:
         self._kernel = kernels["rows_tokens" if prog.takes_tokens else "rows"]
         self._out_shape = (B, prog.out_size)
         self._P, self._M = prog.P, prog.M
+        self._bind_step()
 
     # ----------------------------------------------------------------- properties
     @property
@@ -354,17 +365,38 @@ class Stream:
 
         Returns the model output for this step, ``(B, out)``.
         """
-        if out is None:
-            out = np.empty(self._out_shape, self._prog.dtype)
-        try:
-            rc = self._kernel(self._P, self._M, self._S, x_t, out)
-        except TypeError:
-            x_t, out2 = self._coerce(x_t, out)
-            rc = self._kernel(self._P, self._M, self._S, x_t, out2)
-            if rc == 0 and out2 is not out:
-                out[...] = out2
+        # The per-instance closure made by _bind_step (same code) is what normally runs.
+        return self._step_impl(x_t, out)
+
+    def _bind_step(self) -> None:
+        """Bind ``self.step`` to a closure over the kernel and the arrays: the fast path is
+        one kernel call plus a return-code test (no attribute lookups)."""
+        kernel, P, S = self._kernel, self._P, self._S
+        shape, dtype, empty = self._out_shape, self._prog.dtype, np.empty
+        slow = self._step_slow
+
+        def step(x_t, out=None):
+            if out is None:
+                out = empty(shape, dtype)
+            try:
+                rc = kernel(P, S, x_t, out)
+            except TypeError:  # dtype / layout / type other than the compiled signature
+                return slow(x_t, out)
+            if rc:
+                raise _error(rc, "Stream.step:", x_t, out, self._prog, self.batch_size)
+            return out
+
+        step.__doc__ = Stream.step.__doc__
+        self._step_impl = step
+        self.step = step
+
+    def _step_slow(self, x_t, out):
+        x_t, out2 = self._coerce(x_t, out)
+        rc = self._kernel(self._P, self._S, x_t, out2)
         if rc:
             raise _error(rc, "Stream.step:", x_t, out, self._prog, self.batch_size)
+        if out2 is not out:
+            out[...] = out2
         return out
 
     def _coerce(self, x, out):
@@ -468,6 +500,7 @@ class Stream:
         other = object.__new__(Stream)
         other.__dict__.update(self.__dict__)
         other._S = self._S.copy()
+        other._bind_step()
         return other
 
     def __repr__(self) -> str:
@@ -610,11 +643,11 @@ class StreamPool:
             out = np.empty((n, prog.out_size), prog.dtype)
         k = self._parallel if n >= self.parallel_threshold else self._serial
         try:
-            rc = k(prog.P, prog.M, self._S, slots, x, out)
+            rc = k(prog.P, self._S, slots, x, out)
         except TypeError:
             x, o2 = Stream._coerce(self, x, out)
             slots = np.ascontiguousarray(slots, np.int64)
-            rc = k(prog.P, prog.M, self._S, slots, x, o2)
+            rc = k(prog.P, self._S, slots, x, o2)
             if rc == 0 and o2 is not out:
                 out[...] = o2
         if rc:
