@@ -110,18 +110,34 @@ class LayerStream:
         self.batch_size = B = int(batch_size)
         self.dtype = model.dtype
         self._api = api
-        self._layers = []
+        self._layers = []  # (index, layer, window) or (index, None, Stream of a GRU segment)
+        segments = _gru_segments(model)
         size = model.input_size
-        for i, layer in enumerate(model.layers):
+        runner_grus = []
+        i = 0
+        while i < len(model.layers):
+            layer = model.layers[i]
+            seg = segments.get(i)
+            if seg is not None:  # GRU / Dense / Activation run: the fused step kernel of Stream
+                from .stream import Stream
+
+                sub = Model(model.layers[i:seg], None if isinstance(layer, Embedding) else size, model.name)
+                self._layers.append((i, None, Stream(sub, B)))
+                size = sub.output_size
+                i = seg
+                continue
             if type(layer) not in api.RUNNERS:
                 raise StreamingError(f"{_where(layer, i)} cannot stream: no CPU implementation")
-            if isinstance(layer, GRU) and not layer.return_sequences:
-                layer = dataclasses.replace(layer, return_sequences=True)
+            if isinstance(layer, GRU):
+                runner_grus.append(layer)
+                if not layer.return_sequences:
+                    layer = dataclasses.replace(layer, return_sequences=True)
             win = _Window(layer, B, size, self.dtype) if isinstance(layer, (Conv1D, _Pooling1D)) else None
             self._layers.append((i, layer, win))
             size = layer.output_size(size) if not isinstance(layer, Embedding) else layer.output_size(None)
+            i += 1
         self.output_size = model.output_size
-        self._states = [np.zeros((1, B, g.hidden_size), self.dtype) for g in model.gru_layers]
+        self._states = [np.zeros((1, B, g.hidden_size), self.dtype) for g in runner_grus]
         self._padded: set = set()  # ZeroPadding1D layers that emitted their left zeros
 
     def reset(self) -> None:
@@ -135,8 +151,17 @@ class LayerStream:
 
     @property
     def state(self) -> list[np.ndarray]:
-        """Copies of the GRU states, one ``(1, B, H)`` array per GRU layer."""
-        return [s.copy() for s in self._states]
+        """Copies of the GRU states, one ``(1, B, H)`` array per GRU layer, in layer order."""
+        out, k = [], 0
+        for _, layer, win in self._layers:
+            if layer is None:
+                st = win.state
+                if st is not None:
+                    out.extend(st if isinstance(st, list) else [st[j : j + 1] for j in range(st.shape[0])])
+            elif isinstance(layer, GRU):
+                out.append(self._states[k].copy())
+                k += 1
+        return out
 
     def run(self, x_chunk) -> np.ndarray:
         """Push a chunk ``(B, n, F)`` (``(B, n)`` token ids); return its outputs ``(B, m, out)``."""
@@ -167,7 +192,9 @@ class LayerStream:
         for i, layer, win in self._layers:
             if h.shape[1] == 0:
                 return np.zeros((B, 0, self.output_size), self.dtype)
-            if win is not None:
+            if layer is None:  # a Stream over a GRU segment
+                h = win.step(np.ascontiguousarray(h[:, 0]))[:, None] if h.shape[1] == 1 else win.run(h)
+            elif win is not None:
                 if ctx.mask is not None and layer.changes_time:
                     api.RUNNERS[type(layer)](layer, i, h[:, :0], ctx)  # raises the runner's mask error
                 h = win.push(np.ascontiguousarray(h), _compute(layer, KL, self.dtype))
@@ -194,6 +221,26 @@ class LayerStream:
 
     def __repr__(self) -> str:
         return f"LayerStream(batch_size={self.batch_size}, output_size={self.output_size}, model={self.model.name!r})"
+
+
+def _gru_segments(model: Model) -> dict:
+    """Start index -> end index of each run of layers the fused :class:`gru_engine.stream.Stream`
+    steps (GRU / Dense / Activation / Embedding) that holds a GRU. None when the model has a
+    Keras mask (it must reach the GRUs through the layers of this module)."""
+    from .model import Masking
+    from .stream import STEP_BUILDERS
+
+    if any(isinstance(la, Masking) or (isinstance(la, Embedding) and la.mask_zero) for la in model.layers):
+        return {}
+    out, i, L = {}, 0, model.layers
+    while i < len(L):
+        j = i
+        while j < len(L) and type(L[j]) in STEP_BUILDERS and not isinstance(L[j], Masking):
+            j += 1
+        if any(isinstance(la, GRU) for la in L[i:j]):
+            out[i] = j
+        i = max(j, i + 1)
+    return out
 
 
 def _kernels():

@@ -251,6 +251,32 @@ def test_streaming_equals_whole_sequence(rng, k):
         np.testing.assert_allclose(steps[:, 4], model.run(x[:, :5])[0], atol=TOL, rtol=0)
 
 
+def test_streaming_with_keras_mask_and_state(rng):
+    """Masking -> BN -> GRU: the mask reaches the GRU through the BN in chunks as in one run."""
+    from gru_engine.model import Masking
+
+    gru = GRU(W=r32(rng, 1, 12, 3), R=r32(rng, 1, 12, 4), masked_output="carry")
+    bn = BatchNormalization(mean=r32(rng, 3), var=np.ones(3, F32))
+    model = Model((Masking(mask_value=0.0), bn, gru, Dense(kernel=r32(rng, 4, 2))), input_size=3)
+    x = r32(rng, 2, 9, 3, scale=1.0)
+    x[0, 3] = 0.0
+    x[1, 6:] = 0.0
+    y = model.run(x)[0]
+    for sizes in ([1] * 9, [4, 5], [2, 3, 4]):
+        got, s = _stream_all(model, x, sizes)
+        np.testing.assert_allclose(got, y, atol=TOL, rtol=0)
+    np.testing.assert_allclose(s.state[0], model.run(x)[1], atol=TOL, rtol=0)
+    # a model whose GRUs run in the fused Stream segment reports the same states
+    conv_model = Model(tuple(_streamable_models(rng)[6]), input_size=3)
+    got, s = _stream_all(conv_model, x, [3, 6])
+    h_n = conv_model.run(x)[1]
+    assert len(s.state) == 2 and isinstance(h_n, list)  # hidden sizes 4 and 5
+    for a, b in zip(s.state, h_n):
+        np.testing.assert_allclose(a, b, atol=TOL, rtol=0)
+    s.reset()
+    np.testing.assert_allclose(s.run(x), got, atol=0, rtol=0)
+
+
 def test_step_reports_no_output_with_none(rng):
     model = Model((MaxPooling1D(pool_size=3, stride=2),), input_size=2)
     s = LayerStream(model)
