@@ -427,7 +427,8 @@ def cmd_demo(args) -> int:
         print(f"streaming: step by step (model.stream) vs whole sequence, max abs diff {np.abs(ys - o).max():.2e}")
 
     x1 = np.ascontiguousarray(x[:, :1])
-    reps_seq, reps_step = 30, 2000
+    reps_step = max(1, args.repeats)
+    reps_seq = max(3, reps_step // 60)
     t_seq = _median_time(lambda: model.run(x), reps_seq) / steps
     if stream is not None:
         one = np.ascontiguousarray(x[:, 0])
@@ -539,6 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="forecast real data (Mauna Loa CO2) with the shipped demo model")
     p.add_argument("--plot", metavar="FILE.png", help="draw forecast vs actual (needs matplotlib)")
+    p.add_argument("--repeats", type=int, default=2000,
+                   help="timed one-step calls per engine (default 2000; sequence runs: 1/60 of it, at least 3)")
     p.set_defaults(func=cmd_demo)
 
     for modname in SUBCOMMAND_MODULES:

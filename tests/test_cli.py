@@ -233,7 +233,7 @@ def test_demo_prints_forecast_error_agreement_and_timing(capsys, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("matplotlib")
     png = tmp_path / "forecast.png"
-    rc, out, err = run_cli(capsys, "demo", "--plot", png)
+    rc, out, err = run_cli(capsys, "demo", "--plot", png, "--repeats", 100)
     assert rc == 0, err
     rmse = {ln.split()[0]: float(ln.split()[-2]) for ln in out.splitlines() if ln.startswith(("  GRU", "  naive"))}
     assert rmse["GRU"] < rmse["naive:"]  # beats the naive last-value forecast on held-out data
@@ -289,3 +289,17 @@ def test_subcommand_modules_are_optional_and_pluggable(capsys, tmp_path, monkeyp
     assert rc == 3 and "hello from an extension" in out and err == ""
     rc, _, err = run_cli(capsys, "hello", "--fail")
     assert_one_line_error(rc, err, "x must be nice, got something else")
+
+
+def test_demo_without_onnxruntime_or_matplotlib(capsys, tmp_path, monkeypatch):
+    """The demo needs only the runtime dependencies: without onnxruntime it says so and
+    skips the agreement line; --plot without matplotlib is a one-line error."""
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    rc, out, err = run_cli(capsys, "demo", "--repeats", 10)
+    assert rc == 0, err
+    assert "agreement with onnxruntime: skipped (onnxruntime is not installed" in out
+    assert "RMSE" in out and "gru-engine " in out
+    rc, out, err = run_cli(capsys, "demo", "--plot", tmp_path / "f.png")
+    assert_one_line_error(rc, err, "--plot needs matplotlib: pip install 'gru-engine[plot]'")
+    assert not (tmp_path / "f.png").exists()
