@@ -177,6 +177,8 @@ def validate_against(source, framework: str, x=None, atol: float = 1e-5, *, mode
         return validate_torch(source, x=x, atol=atol, model=model, **kwargs)
     if model is None:
         model = load_any(source, "keras" if fw == "keras" else "onnx", **kwargs)
+    if x is None and fw == "onnxruntime":
+        x = default_input_for_graph(source, model)
     if x is None:
         x = default_input(model)
     if fw == "keras":
@@ -201,6 +203,25 @@ def _validate_keras(path, x, y, h_n, atol) -> dict:
         for i, (o, s) in enumerate(zip(outs[1:], tail)):
             report[f"state_{i}"] = compare(s, o, atol)
     return report
+
+
+def default_input_for_graph(path, model):
+    """:func:`default_input` shaped to the graph's fixed batch / time dims, if it has any
+    (``torch.onnx.export`` without ``dynamic_axes`` fixes them to the example's)."""
+    import onnx
+
+    from .onnx_io import from_onnx
+
+    _, sig = from_onnx(os.fspath(path), return_signature=True)
+    proto = onnx.load_model(os.fspath(path), load_external_data=False)
+    batch, steps = 2, 7
+    for vi in proto.graph.input:
+        if vi.name == sig.x:
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+            if len(dims) >= 2:
+                b, t = (dims[1], dims[0]) if sig.x_layout == "tbf" else (dims[0], dims[1])
+                batch, steps = b or batch, t or steps
+    return default_input(model, batch=batch, steps=steps)
 
 
 def _validate_ort(path, x, model, atol) -> dict:

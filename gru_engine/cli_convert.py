@@ -43,8 +43,8 @@ def add_parser(subparsers) -> None:
         help="torch checkpoints: comma-separated activation per Linear layer, 'none' for linear (e.g. relu,none)",
     )
     p.add_argument("--no-validate", action="store_true", help="write DST without running the checks")
-    p.add_argument("--batch", type=int, default=2, help="batch size of the check input (default 2)")
-    p.add_argument("--steps", type=int, default=7, help="time steps of the check input (default 7)")
+    p.add_argument("--batch", type=int, default=None, help="batch size of the check input (default 2, or the ONNX graph's)")
+    p.add_argument("--steps", type=int, default=None, help="time steps of the check input (default 7, or the ONNX graph's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the check input (default 0)")
     p.set_defaults(func=cmd_convert)
 
@@ -120,7 +120,10 @@ def cmd_convert(args) -> int:
     print(f"converted {src} ({fmt}) -> {dst} ({dst_fmt}): {len(model.layers)} layers, {model.param_count():,d} parameters")
     if args.no_validate:
         return 0
-    x = converters.default_input(model, batch=args.batch, steps=args.steps, seed=args.seed)
+    if fmt == "onnx" and args.batch is None and args.steps is None:
+        x = converters.default_input_for_graph(src, model)  # fixed dims of torch exports
+    else:
+        x = converters.default_input(model, batch=args.batch or 2, steps=args.steps or 7, seed=args.seed)
     checks: list[tuple[str, dict | None, str]] = []  # (label, report, skipped reason)
 
     source_fw = {"torch": "torch", "keras": "keras", "onnx": "onnxruntime"}[fmt]

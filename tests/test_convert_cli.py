@@ -172,3 +172,37 @@ def test_console_entry_point(tmp_path):
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "PASS" in r.stdout
+
+
+def test_torch_exported_onnx_with_fixed_dims_to_pt(tmp_path, capsys, rng):
+    """A time-major module exported by torch.onnx.export (static shapes) -> .pt, checked at the graph's dims."""
+    from converters.torch_io import export_module_onnx
+
+    torch.manual_seed(6)
+
+    class TM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.g = nn.GRU(3, 5, num_layers=2, bidirectional=True)
+            self.fc = nn.Linear(10, 2)
+
+        def forward(self, x):
+            y, h = self.g(x)
+            return self.fc(y), h
+
+    m = TM().eval()
+    src = tmp_path / "tm.onnx"
+    src.write_bytes(export_module_onnx(m, torch.randn(4, 2, 3)))
+    dst = tmp_path / "tm.pt"
+    rc = main(["convert", str(src), "-o", str(dst)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert worst(out) < 1e-5
+    module = converters.to_torch(converters.from_onnx(src))
+    module.load_state_dict(torch.load(dst, weights_only=True))
+    x = rng.uniform(-1, 1, (3, 6, 3)).astype(np.float32)  # any shape in the engine / torch
+    with torch.no_grad():
+        ry, rh = m(torch.from_numpy(x.transpose(1, 0, 2).copy()))
+        ty, th = module(torch.from_numpy(x))
+    assert np.abs(ty.numpy() - ry.transpose(0, 1).numpy()).max() < 1e-5
+    assert np.abs(th.numpy() - rh.numpy()).max() < 1e-5
