@@ -22,6 +22,7 @@ from .errors import (
     ValidationError,
 )
 from .model import GRU, Activation, Dense, Embedding, Masking, Model
+from .threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 
@@ -53,6 +54,7 @@ def __getattr__(name):  # lazy: keep `import gru_engine` light
 
 
 __all__ = [
+    "set_num_threads", "get_num_threads",
     "load", "save", "Model", "GRU", "Dense", "Embedding", "Activation", "Masking",
     "GRUEngineError", "ModelFileError", "UnsupportedError", "ModelDefinitionError",
     "InputShapeError", "InputTypeError", "DeviceError", "StreamingError", "ValidationError",

@@ -22,19 +22,54 @@ from .model import DENSE_ACTIVATIONS, Activation, Dense, Embedding, GRU, Masking
 
 @dataclass
 class PreparedGRU:
-    """Weights of one GRU layer packed once for the CPU kernels.
+    """Weights of one GRU layer packed once for the CPU kernels (in the layouts they read).
 
     WT (I, D*3H): input weights of all directions, transposed, for one BLAS product.
-    bx (D*3H,): Wb plus Rb_z, Rb_r (and Rb_h when lbr = 0), added to the projection.
-    R[d] (3H, H) C-contiguous; Rb_h[d] (H,); acts[d] (6,) f/g codes and alpha/beta.
+    WTd (D, I, 3H): the same per direction (the row kernel projects per direction).
+    bx (D, 3H): Wb + Rb_z, Rb_r (+ Rb_h when lbr = 0), added inside the gate math.
+    R (D, 3H, H): recurrent weights as in the model.
+    RT (D, H, 3H) when lbr = 1, or RTzr (D, H, 2H) and RTh (D, H, H) when lbr = 0:
+        transposed recurrent weights, the layout both the hand kernel and the per-step
+        GEMM read (:meth:`gemm_weights`, built on first use).
+    Rb_h (D, H); acts (D, 6): f code, alpha, beta, g code, alpha, beta; clip (0: none);
+    rev (D,) uint8: direction runs backwards; trev (D,) uint8: its outputs are written in
+    reversed time order (Keras go_backwards).
     """
 
     WT: np.ndarray
     bx: np.ndarray
-    R: list
-    Rb_h: list
-    acts: list
+    R: np.ndarray
+    Rb_h: np.ndarray
+    acts: np.ndarray
     clip: float
+    lbr: int
+    rev: np.ndarray
+    trev: np.ndarray
+    _packed: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def WTd(self) -> np.ndarray:
+        a = self._packed.get("WTd")
+        if a is None:
+            D, H3 = self.R.shape[0], self.R.shape[1]
+            I = self.WT.shape[0]
+            a = self.WT.reshape(I, D, H3).transpose(1, 0, 2)
+            a = self.WT.reshape(1, I, H3) if D == 1 else np.ascontiguousarray(a)
+            self._packed["WTd"] = a
+        return a
+
+    def gemm_weights(self):
+        """(RT,) for lbr = 1 or (RTzr, RTh) for lbr = 0: ``R[d]'`` split as the GEMM path needs."""
+        w = self._packed.get("gemm")
+        if w is None:
+            H = self.R.shape[2]
+            RT = self.R.transpose(0, 2, 1)
+            if self.lbr:
+                w = (np.ascontiguousarray(RT),)
+            else:
+                w = (np.ascontiguousarray(RT[:, :, : 2 * H]), np.ascontiguousarray(RT[:, :, 2 * H :]))
+            self._packed["gemm"] = w
+        return w
 
 
 def prepare_gru(layer: GRU, dtype) -> PreparedGRU:
@@ -42,21 +77,26 @@ def prepare_gru(layer: GRU, dtype) -> PreparedGRU:
     W = layer.W.astype(dtype)
     Bias = layer.B.astype(dtype)
     WT = np.ascontiguousarray(W.reshape(D * 3 * H, -1).T)
-    bx = np.empty(D * 3 * H, dtype)
-    Rs, Rbs, acts = [], [], []
+    bx = np.empty((D, 3 * H), dtype)
+    Rb_h = np.empty((D, H), dtype)
+    acts = np.empty((D, 6), dtype)
     params = layer.activation_params()
+    rev = np.zeros(D, np.uint8)
+    trev = np.zeros(D, np.uint8)
     for d in range(D):
         Wb, Rb = Bias[d, : 3 * H], Bias[d, 3 * H :]
         b = Wb.copy()
         b[: 2 * H] += Rb[: 2 * H]
         if not layer.linear_before_reset:
             b[2 * H :] += Rb[2 * H :]
-        bx[d * 3 * H : (d + 1) * 3 * H] = b
-        Rs.append(np.ascontiguousarray(layer.R[d], dtype=dtype))
-        Rbs.append(np.ascontiguousarray(Rb[2 * H :], dtype=dtype))
+        bx[d] = b
+        Rb_h[d] = Rb[2 * H :]
         (fc, fa, fb), (gc, ga, gb) = params[2 * d], params[2 * d + 1]
-        acts.append(np.array([fc, fa, fb, gc, ga, gb], dtype=dtype))
-    return PreparedGRU(WT, bx, Rs, Rbs, acts, float(layer.clip or 0.0))
+        acts[d] = [fc, fa, fb, gc, ga, gb]
+        rev[d] = layer.direction == "reverse" or d == 1
+        trev[d] = rev[d] and layer.time_reversed_output
+    R = np.ascontiguousarray(layer.R, dtype=dtype)
+    return PreparedGRU(WT, bx, R, Rb_h, acts, float(layer.clip or 0.0), int(layer.linear_before_reset), rev, trev)
 
 
 def prepared(model: Model, layer_index: int):
@@ -203,34 +243,73 @@ def merge_directions(merge: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.concatenate([a, b], axis=-1)
 
 
+#: Which GRU kernel path runs: "auto", "rows" (whole sequence in one numba kernel, one
+#: work item per direction and batch row) or "gemm" (a BLAS GEMM per step for all rows,
+#: then a fused numba gate kernel). Tests and benchmarks set it to force a path.
+GRU_PATH = "auto"
+
+#: The GEMM path wins once a step's recurrent product is big enough for BLAS to pay off
+#: (measured on a 2-core Zen 3: B=16/H=128 is about even; B=64 or H >= 256 with B >= 8 gain).
+GEMM_MIN_ROWS = 8
+
+#: Batch rows per work item of the row kernel (they share each load of the weights).
+ROW_BLOCK = 4
+GEMM_MIN_MACS = 1 << 20
+
+
+_DUMMY_RT = {np.float32: np.zeros((1, 1, 1), np.float32), np.float64: np.zeros((1, 1, 1), np.float64)}
+
+
+def choose_gru_path(B: int, H: int, D: int, threads: int) -> str:
+    if GRU_PATH != "auto":
+        return GRU_PATH
+    if B >= GEMM_MIN_ROWS and B * H * 3 * H >= GEMM_MIN_MACS:
+        return "gemm"
+    return "rows"
+
+
 @register(GRU)
 def _run_gru(layer: GRU, i: int, x: np.ndarray, ctx: RunContext):
+    from . import threads
+
+    threads.ensure_init()
     p = prepared(ctx.model, i)
     dtype = ctx.model.dtype
+    x = np.ascontiguousarray(x, dtype=dtype)
     B, T, I = x.shape
     D, H = layer.num_directions, layer.hidden_size
-    # Input projection of all steps and directions: one BLAS product.
-    XP = np.empty((B, T, D * 3 * H), dtype)
-    np.matmul(x.reshape(B * T, I), p.WT, out=XP.reshape(B * T, D * 3 * H))
-    XP += p.bx
     h0 = ctx.states[ctx.gru_index]
-    hs = np.zeros((D, B, H), dtype) if h0 is None else h0
-    concat = D == 1 or layer.merge == "concat"
+    hs = np.zeros((D, B, H), dtype) if h0 is None else np.ascontiguousarray(h0, dtype=dtype)
     Y = np.empty((B, T, D * H), dtype)
-    mask = ctx.mask if ctx.mask is not None else np.ones((B, T), np.uint8)
     use_mask = ctx.mask is not None
+    mask = ctx.mask if use_mask else np.ones((1, 1), np.uint8)
     zero_invalid = ctx.from_lengths or layer.masked_output == "zero"
-    gh = np.empty((B, 3 * H), dtype)
-    rh = np.empty((B, H), dtype)
-    for d in range(D):
-        reverse = layer.direction == "reverse" or d == 1
-        K.gru_direction(
-            XP, d * 3 * H, p.R[d], p.Rb_h[d], hs[d], mask, use_mask, reverse,
-            layer.linear_before_reset, p.acts[d], p.clip, zero_invalid, ctx.from_lengths,
-            reverse and layer.time_reversed_output, Y, d * H, gh, rh,
+    approx = dtype == np.float32
+    nthreads = threads.get_num_threads()
+    path = choose_gru_path(B, H, D, nthreads)
+    if path == "rows":
+        rb = max(1, min(ROW_BLOCK, B * D // nthreads))
+        nblk = -(-B // rb)
+        XPs = np.empty((D * B, T, 3 * H), dtype)
+        G = np.empty((D * nblk, rb, 3 * H), dtype)
+        RH = np.empty((D * nblk, rb, H), dtype)
+        nchunks = max(1, -(-nthreads // (D * B))) if T >= 32 * nthreads else 1
+        w = p.gemm_weights()
+        K.gru_rows(
+            x, p.WTd, p.bx, w[0], w[-1] if len(w) > 1 else _DUMMY_RT[dtype.type], p.Rb_h, hs, mask, use_mask, p.rev, p.lbr, p.acts, p.clip,
+            approx, zero_invalid, ctx.from_lengths and use_mask, p.trev, Y, XPs, G, RH, nchunks, rb,
         )
+    else:
+        _gru_gemm_path(p, x, hs, mask, use_mask, zero_invalid, approx, Y)
+        if ctx.from_lengths and T > 0:
+            empty = ~mask.any(axis=1)
+            if empty.any():
+                hs[:, empty] = 0
+        elif ctx.from_lengths:
+            hs[:] = 0
     ctx.final_states.append(hs)
     ctx.gru_index += 1
+    concat = D == 1 or layer.merge == "concat"
     if layer.return_sequences:
         if concat:
             return Y
@@ -239,3 +318,34 @@ def _run_gru(layer: GRU, i: int, x: np.ndarray, ctx: RunContext):
     if D == 1:
         return last[0].copy()
     return merge_directions(layer.merge, last[0], last[1])
+
+
+def _gru_gemm_path(p: PreparedGRU, x, hs, mask, use_mask, zero_invalid, approx, Y) -> None:
+    """Input projection of all steps in one GEMM, then per step one GEMM (two when lbr = 0)
+    for all rows and directions on NumPy's BLAS, and the fused gate kernel."""
+    dtype = x.dtype
+    B, T, I = x.shape
+    D, H = p.R.shape[0], p.R.shape[2]
+    XP = np.empty((B, T, D * 3 * H), dtype)
+    np.matmul(x.reshape(B * T, I), p.WT, out=XP.reshape(B * T, D * 3 * H))
+    G = np.empty((D, B, 3 * H), dtype)
+    RH = np.empty((D, B, H), dtype)
+    w = p.gemm_weights()
+    gates = K.gru_gates_step
+    matmul = np.matmul
+    args = (p.bx, G, p.Rb_h, hs, mask, use_mask, p.rev, p.lbr)
+    tail = (p.acts, p.clip, approx, zero_invalid, p.trev, Y, RH)
+    if p.lbr:
+        RT = w[0]
+        for s in range(T):
+            matmul(hs, RT, out=G)
+            gates(XP, s, *args, 1, *tail)
+    else:
+        RTzr, RTh = w
+        Gzr = G[:, :, : 2 * H]
+        Gh = G[:, :, 2 * H :]
+        for s in range(T):
+            matmul(hs, RTzr, out=Gzr)
+            gates(XP, s, *args, 0, *tail)
+            matmul(RH, RTh, out=Gh)
+            gates(XP, s, *args, 1, *tail)

@@ -157,6 +157,421 @@ def gru_direction(
                 hb[j] = 0.0
 
 
+# --------------------------------------------------------------------------- fast gate math
+# float32 gate activations as rational functions (the coefficients of onnxruntime's MLAS /
+# Eigen tanh): no library call, no branch, so LLVM vectorises the fused gate loops. The
+# clamp is Eigen's +-7.9053, where the rational function reaches +-1, so |tanh| <= 1 and
+# the sigmoid stays in [0, 1] (MLAS clamps at 9 and overshoots to 1.0000002). Max error vs
+# float64: tanh 2.6e-7, sigmoid 1.5e-7 absolute, no worse than onnxruntime's own Tanh and
+# Sigmoid (checked in tests/test_kernels.py). Clamps are selects: NaN in gives NaN out.
+_T_HI = np.float32(7.90531110763549805)
+_T_LO = np.float32(-7.90531110763549805)
+_A13 = np.float32(-2.76076847742355e-16)
+_A11 = np.float32(2.00018790482477e-13)
+_A9 = np.float32(-8.60467152213735e-11)
+_A7 = np.float32(5.12229709037114e-08)
+_A5 = np.float32(1.48572235717979e-05)
+_A3 = np.float32(6.37261928875436e-04)
+_A1 = np.float32(4.89352455891786e-03)
+_B6 = np.float32(1.19825839466702e-06)
+_B4 = np.float32(1.18534705686654e-04)
+_B2 = np.float32(2.26843463243900e-03)
+_B0 = np.float32(4.89352518554385e-03)
+_HALF = np.float32(0.5)
+_ONE = np.float32(1.0)
+
+
+@njit(cache=True, fastmath=_FM, error_model=_EM, inline="always")
+def fast_tanh(x):
+    """tanh for float32 ``x``: a [13/6] rational approximation on [-7.9, 7.9] (NaN in, NaN out)."""
+    x = _T_HI if x > _T_HI else x
+    x = _T_LO if x < _T_LO else x
+    x2 = x * x
+    p = x2 * _A13 + _A11
+    p = p * x2 + _A9
+    p = p * x2 + _A7
+    p = p * x2 + _A5
+    p = p * x2 + _A3
+    p = p * x2 + _A1
+    q = x2 * _B6 + _B4
+    q = q * x2 + _B2
+    q = q * x2 + _B0
+    return x * p / q
+
+
+@njit(cache=True, fastmath=_FM, error_model=_EM, inline="always")
+def fast_sigmoid(x):
+    """logistic for float32 ``x`` as 0.5 + 0.5 * tanh(x / 2) (absolute error < 1.5e-7)."""
+    return _HALF + _HALF * fast_tanh(_HALF * x)
+
+
+@njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)
+def fast_act_array(x, code, out):
+    """Apply fast_sigmoid (code 0) or fast_tanh (code 1) to float32 ``x`` (N,) into ``out`` (tests)."""
+    if code == 0:
+        for i in range(x.shape[0]):
+            out[i] = fast_sigmoid(x[i])
+    else:
+        for i in range(x.shape[0]):
+            out[i] = fast_tanh(x[i])
+
+
+@njit(cache=True, fastmath=_FM, error_model=_EM, inline="always")
+def _gates_fused(xp, xo, bx, g, Rb_h, hb, H, lbr, approx, yb, yo):
+    """Gate math of one step for one row, sigmoid/tanh, no clip (the common case).
+
+    xp[xo:xo+3H] input projection (bias not yet added), bx (3H,) bias folded for the input
+    side (Wb + Rb_z, Rb_r; + Rb_h when lbr = 0). g (3H,) recurrent products: R_z h, R_r h,
+    and R_h h (lbr = 1) or R_h (r * h) (lbr = 0). hb (H,) state, updated in place; yb[yo:]
+    receives the new state. ``approx`` selects the float32 rational activations.
+    """
+    one = hb.dtype.type(1.0)
+    if approx:
+        if lbr:
+            for j in range(H):
+                z = fast_sigmoid(xp[xo + j] + bx[j] + g[j])
+                r = fast_sigmoid(xp[xo + H + j] + bx[H + j] + g[H + j])
+                n = fast_tanh(xp[xo + 2 * H + j] + bx[2 * H + j] + r * (g[2 * H + j] + Rb_h[j]))
+                v = n + z * (hb[j] - n)
+                hb[j] = v
+                yb[yo + j] = v
+        else:
+            for j in range(H):
+                z = g[j]
+                n = fast_tanh(xp[xo + 2 * H + j] + bx[2 * H + j] + g[2 * H + j])
+                v = n + z * (hb[j] - n)
+                hb[j] = v
+                yb[yo + j] = v
+    else:
+        if lbr:
+            for j in range(H):
+                z = one / (one + math.exp(-(xp[xo + j] + bx[j] + g[j])))
+                r = one / (one + math.exp(-(xp[xo + H + j] + bx[H + j] + g[H + j])))
+                n = math.tanh(xp[xo + 2 * H + j] + bx[2 * H + j] + r * (g[2 * H + j] + Rb_h[j]))
+                v = (one - z) * n + z * hb[j]
+                hb[j] = v
+                yb[yo + j] = v
+        else:
+            for j in range(H):
+                z = g[j]
+                n = math.tanh(xp[xo + 2 * H + j] + bx[2 * H + j] + g[2 * H + j])
+                v = (one - z) * n + z * hb[j]
+                hb[j] = v
+                yb[yo + j] = v
+
+
+@njit(cache=True, fastmath=_FM, error_model=_EM, inline="always")
+def _zr_gates(xp, xo, bx, g, hb, rh, H, approx, generic, fc, fa, fb, clip):
+    """lbr = 0, first half of a step: g[0:H] <- z, rh <- r * h (g[0:2H] held R_zr h)."""
+    one = hb.dtype.type(1.0)
+    if generic:
+        for j in range(H):
+            g[j] = rnn_act(fc, _clip(xp[xo + j] + bx[j] + g[j], clip), fa, fb)
+            rh[j] = rnn_act(fc, _clip(xp[xo + H + j] + bx[H + j] + g[H + j], clip), fa, fb) * hb[j]
+    elif approx:
+        for j in range(H):
+            g[j] = fast_sigmoid(xp[xo + j] + bx[j] + g[j])
+            rh[j] = fast_sigmoid(xp[xo + H + j] + bx[H + j] + g[H + j]) * hb[j]
+    else:
+        for j in range(H):
+            g[j] = one / (one + math.exp(-(xp[xo + j] + bx[j] + g[j])))
+            rh[j] = hb[j] / (one + math.exp(-(xp[xo + H + j] + bx[H + j] + g[H + j])))
+
+
+@njit(cache=True, fastmath=_FM, error_model=_EM, inline="always")
+def _gates_generic(xp, xo, bx, g, Rb_h, hb, H, lbr, fc, fa, fb, gc, ga, gb, clip, yb, yo):
+    """Gate math of one step for one row, any ONNX activations and clip (scalar code)."""
+    one = hb.dtype.type(1.0)
+    for j in range(H):
+        if lbr:
+            z = rnn_act(fc, _clip(xp[xo + j] + bx[j] + g[j], clip), fa, fb)
+            r = rnn_act(fc, _clip(xp[xo + H + j] + bx[H + j] + g[H + j], clip), fa, fb)
+            pre = xp[xo + 2 * H + j] + bx[2 * H + j] + r * (g[2 * H + j] + Rb_h[j])
+        else:
+            z = g[j]
+            pre = xp[xo + 2 * H + j] + bx[2 * H + j] + g[2 * H + j]
+        n = rnn_act(gc, _clip(pre, clip), ga, gb)
+        v = (one - z) * n + z * hb[j]
+        hb[j] = v
+        yb[yo + j] = v
+
+
+@njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)
+def matmul_rows(V, nb, RT, G, go):
+    """G[i, go:go+N] = V[i] @ RT for batch rows i < nb: the recurrent product of one step.
+
+    V (>=nb, K) states, RT (K, N) transposed weights (row-major), G (>=nb, >=go+N).
+    Register-blocked hand kernel for the small products where a BLAS call's overhead
+    dominates: blocks of 4 batch rows (then 2, then 1) share every load of RT, and k is
+    unrolled by 4, so each vectorised pass over the N outputs does 4 (16 with 4 rows)
+    FMAs per store. Accumulation order differs from BLAS only by rounding.
+    """
+    K = RT.shape[0]
+    N = RT.shape[1]
+    i = 0
+    while i + 4 <= nb:
+        g0 = G[i, go:go + N]
+        g1 = G[i + 1, go:go + N]
+        g2 = G[i + 2, go:go + N]
+        g3 = G[i + 3, go:go + N]
+        v0 = V[i]
+        v1 = V[i + 1]
+        v2 = V[i + 2]
+        v3 = V[i + 3]
+        for j in range(N):
+            g0[j] = 0.0
+            g1[j] = 0.0
+            g2[j] = 0.0
+            g3[j] = 0.0
+        k = 0
+        while k + 4 <= K:
+            a0, a1, a2, a3 = v0[k], v0[k + 1], v0[k + 2], v0[k + 3]
+            b0, b1, b2, b3 = v1[k], v1[k + 1], v1[k + 2], v1[k + 3]
+            c0, c1, c2, c3 = v2[k], v2[k + 1], v2[k + 2], v2[k + 3]
+            d0, d1, d2, d3 = v3[k], v3[k + 1], v3[k + 2], v3[k + 3]
+            r0 = RT[k]
+            r1 = RT[k + 1]
+            r2 = RT[k + 2]
+            r3 = RT[k + 3]
+            for j in range(N):
+                w0 = r0[j]
+                w1 = r1[j]
+                w2 = r2[j]
+                w3 = r3[j]
+                g0[j] += a0 * w0 + a1 * w1 + a2 * w2 + a3 * w3
+                g1[j] += b0 * w0 + b1 * w1 + b2 * w2 + b3 * w3
+                g2[j] += c0 * w0 + c1 * w1 + c2 * w2 + c3 * w3
+                g3[j] += d0 * w0 + d1 * w1 + d2 * w2 + d3 * w3
+            k += 4
+        while k < K:
+            r0 = RT[k]
+            a0, b0, c0, d0 = v0[k], v1[k], v2[k], v3[k]
+            for j in range(N):
+                w0 = r0[j]
+                g0[j] += a0 * w0
+                g1[j] += b0 * w0
+                g2[j] += c0 * w0
+                g3[j] += d0 * w0
+            k += 1
+        i += 4
+    while i + 2 <= nb:
+        g0 = G[i, go:go + N]
+        g1 = G[i + 1, go:go + N]
+        v0 = V[i]
+        v1 = V[i + 1]
+        for j in range(N):
+            g0[j] = 0.0
+            g1[j] = 0.0
+        k = 0
+        while k + 4 <= K:
+            a0, a1, a2, a3 = v0[k], v0[k + 1], v0[k + 2], v0[k + 3]
+            b0, b1, b2, b3 = v1[k], v1[k + 1], v1[k + 2], v1[k + 3]
+            r0 = RT[k]
+            r1 = RT[k + 1]
+            r2 = RT[k + 2]
+            r3 = RT[k + 3]
+            for j in range(N):
+                w0 = r0[j]
+                w1 = r1[j]
+                w2 = r2[j]
+                w3 = r3[j]
+                g0[j] += a0 * w0 + a1 * w1 + a2 * w2 + a3 * w3
+                g1[j] += b0 * w0 + b1 * w1 + b2 * w2 + b3 * w3
+            k += 4
+        while k < K:
+            r0 = RT[k]
+            a0, b0 = v0[k], v1[k]
+            for j in range(N):
+                g0[j] += a0 * r0[j]
+                g1[j] += b0 * r0[j]
+            k += 1
+        i += 2
+    while i < nb:
+        g0 = G[i, go:go + N]
+        v0 = V[i]
+        for j in range(N):
+            g0[j] = 0.0
+        k = 0
+        while k + 4 <= K:
+            a0, a1, a2, a3 = v0[k], v0[k + 1], v0[k + 2], v0[k + 3]
+            r0 = RT[k]
+            r1 = RT[k + 1]
+            r2 = RT[k + 2]
+            r3 = RT[k + 3]
+            for j in range(N):
+                g0[j] += a0 * r0[j] + a1 * r1[j] + a2 * r2[j] + a3 * r3[j]
+            k += 4
+        while k < K:
+            r0 = RT[k]
+            a0 = v0[k]
+            for j in range(N):
+                g0[j] += a0 * r0[j]
+            k += 1
+        i += 1
+
+
+@njit(cache=True, fastmath=_FM, error_model=_EM, parallel=True, nogil=True)
+def gru_rows(
+    x, WTd, bx, RTa, RTb, Rb_h, h, mask, use_mask, rev, lbr, acts, clip, approx,
+    zero_invalid, empty_zero, trev, Y, XPs, G, RH, nchunks, rb,
+):
+    """Whole sequences, one work item per (direction, block of ``rb`` batch rows), items
+    spread over threads; each item runs all its steps with no synchronisation.
+
+    ONNX GRU equations, gates z, r, h (f = acts code 0, g = acts code 3):
+      z = f(x W_z' + Wb_z + R_z h + Rb_z),  r = f(x W_r' + Wb_r + R_r h + Rb_r)
+      h~ = g(x W_h' + Wb_h + r * (R_h h + Rb_h))       lbr = 1
+      h~ = g(x W_h' + Wb_h + R_h (r * h) + Rb_h)       lbr = 0
+      h  = (1 - z) * h~ + z * h
+
+    x (B, T, I). WTd (D, I, 3H): input weights per direction, transposed. bx (D, 3H): Wb +
+    Rb_z, Rb_r (+ Rb_h when lbr = 0). Recurrent weights transposed, per direction: RTa
+    (D, H, 3H) when lbr = 1 (RTb unused); RTa (D, H, 2H) = R_zr' and RTb (D, H, H) = R_h'
+    when lbr = 0. Rb_h (D, H). h (D, B, H): initial state in, final state out.
+    mask (B, T) uint8 (read only if use_mask). rev (D,) uint8: direction runs backwards.
+    acts (D, 6): f code, alpha, beta, g code, alpha, beta. clip: 0 for none. approx: use
+    the float32 rational activations. zero_invalid: masked steps output 0 (else the
+    previous output). empty_zero: a row without a valid step ends with h = 0. trev (D,)
+    uint8: write step t's output at T-1-t. Y (B, T, D*H) output.
+    Scratch, one slice per work item (no sharing between threads): XPs (D*B, T, 3H)
+    projections; G (D*nblk, rb, 3H) recurrent products; RH (D*nblk, rb, H) r * h, where
+    nblk = ceil(B / rb). nchunks: time chunks per row for the input projection (> 1 lets
+    batch-1 runs project on all threads).
+    """
+    D = RTa.shape[0]
+    H = RTa.shape[1]
+    Bn = x.shape[0]
+    T = x.shape[1]
+    # input projections: one BLAS product per (direction, row, time chunk), in parallel
+    nw = D * Bn
+    tc = (T + nchunks - 1) // nchunks if nchunks > 0 else T
+    for c in prange(nw * nchunks):
+        w = c // nchunks
+        t0 = (c - w * nchunks) * tc
+        t1 = min(t0 + tc, T)
+        if t1 > t0:
+            d = w // Bn
+            b = w - d * Bn
+            np.dot(x[b, t0:t1], WTd[d], XPs[w, t0:t1])
+    nblk = (Bn + rb - 1) // rb
+    for w in prange(D * nblk):
+        d = w // nblk
+        b0 = (w - d * nblk) * rb
+        nb = min(rb, Bn - b0)
+        g = G[w]
+        rh = RH[w]
+        hd = h[d, b0:b0 + nb]
+        bxd = bx[d]
+        RTad = RTa[d]
+        RTbd = RTb[d]
+        Rbd = Rb_h[d]
+        fc = int(acts[d, 0])
+        gc = int(acts[d, 3])
+        fa = acts[d, 1]
+        fb = acts[d, 2]
+        ga = acts[d, 4]
+        gb = acts[d, 5]
+        generic = not (fc == 0 and gc == 1 and clip <= 0.0)
+        reverse = rev[d] != 0
+        yo = d * H
+        nvalid = 0
+        for s in range(T):
+            t = T - 1 - s if reverse else s
+            to = T - 1 - t if trev[d] != 0 else t
+            if use_mask:
+                nvalid = 0
+                for i in range(nb):
+                    if mask[b0 + i, t] != 0:
+                        nvalid += 1
+                    elif zero_invalid:
+                        for j in range(H):
+                            Y[b0 + i, to, yo + j] = 0.0
+                    else:
+                        for j in range(H):
+                            Y[b0 + i, to, yo + j] = hd[i, j]
+                if nvalid == 0:
+                    continue
+            matmul_rows(hd, nb, RTad, g, 0)
+            if not lbr:
+                for i in range(nb):
+                    _zr_gates(XPs[d * Bn + b0 + i, t], 0, bxd, g[i], hd[i], rh[i], H, approx, generic, fc, fa, fb, clip)
+                matmul_rows(rh, nb, RTbd, g, 2 * H)
+            for i in range(nb):
+                if use_mask and mask[b0 + i, t] == 0:
+                    continue
+                xp = XPs[d * Bn + b0 + i, t]
+                yb = Y[b0 + i, to]
+                if generic:
+                    _gates_generic(xp, 0, bxd, g[i], Rbd, hd[i], H, lbr, fc, fa, fb, gc, ga, gb, clip, yb, yo)
+                else:
+                    _gates_fused(xp, 0, bxd, g[i], Rbd, hd[i], H, lbr, approx, yb, yo)
+        if empty_zero:
+            for i in range(nb):
+                valid = False
+                for t in range(T):
+                    if mask[b0 + i, t] != 0:
+                        valid = True
+                        break
+                if not valid:
+                    for j in range(H):
+                        hd[i, j] = 0.0
+
+
+@njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)
+def gru_gates_step(
+    XP, s, bx, G, Rb_h, h, mask, use_mask, rev, lbr, phase, acts, clip, approx,
+    zero_invalid, trev, Y, RH,
+):
+    """Gate math of step ``s`` of all rows and directions after the BLAS products.
+
+    Used by the BLAS path of :func:`gru_engine.api._run_gru`, which computes per step
+    G[d] = h[d] @ R[d]' (all 3H columns when lbr = 1; the z, r columns then, after
+    phase 0, R_h (r * h) into the h columns when lbr = 0). Direction d handles time
+    t = T-1-s when rev[d] else s.
+
+    XP (B, T, D*3H) input projections without bias; bx (D, 3H); G (D, B, 3H);
+    Rb_h (D, H); h (D, B, H) state, updated in place (rows masked at t keep theirs);
+    phase: 0 = z, r and RH = r * h (lbr = 0 only); 1 = finish the step.
+    Y (B, T, D*H); RH (D, B, H). Other arguments as in :func:`gru_rows`.
+    """
+    D = G.shape[0]
+    Bn = G.shape[1]
+    H = h.shape[2]
+    T = XP.shape[1]
+    for d in range(D):
+        t = T - 1 - s if rev[d] != 0 else s
+        to = T - 1 - t if trev[d] != 0 else t
+        fc = int(acts[d, 0])
+        gc = int(acts[d, 3])
+        generic = not (fc == 0 and gc == 1 and clip <= 0.0)
+        yo = d * H
+        xo = d * 3 * H
+        for b in range(Bn):
+            hb = h[d, b]
+            yb = Y[b, to]
+            if use_mask and mask[b, t] == 0:
+                if phase == 1:
+                    if zero_invalid:
+                        for j in range(H):
+                            yb[yo + j] = 0.0
+                    else:
+                        for j in range(H):
+                            yb[yo + j] = hb[j]
+                else:
+                    for j in range(H):
+                        RH[d, b, j] = 0.0
+                continue
+            xp = XP[b, t]
+            g = G[d, b]
+            if phase == 0:
+                _zr_gates(xp, xo, bx[d], g, hb, RH[d, b], H, approx, generic, fc, acts[d, 1], acts[d, 2], clip)
+            elif generic:
+                _gates_generic(xp, xo, bx[d], g, Rb_h[d], hb, H, lbr, fc, acts[d, 1], acts[d, 2],
+                               gc, acts[d, 4], acts[d, 5], clip, yb, yo)
+            else:
+                _gates_fused(xp, xo, bx[d], g, Rb_h[d], hb, H, lbr, approx, yb, yo)
+
+
 @njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)
 def dense_act_inplace(Y, code, alpha):
     """Apply Dense activation ``code`` in place to Y (N, F); softmax over the last axis."""
