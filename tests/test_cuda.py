@@ -84,10 +84,10 @@ ALL_ACTS = list(RNN_ACTIVATIONS)
 #: (id, GRU options, run options). Every RNN activation appears at least once, as f or g.
 CASES = [
     ("fwd-lbr0", dict(direction="forward", linear_before_reset=0), {}),
-    ("fwd-lbr1", dict(direction="forward", linear_before_reset=1), {}),
+    ("fwd-lbr1-H8", dict(direction="forward", linear_before_reset=1), dict(H=8)),  # 3H > 16 threads
     ("rev-lbr0-lens", dict(direction="reverse", linear_before_reset=0), dict(lengths=True)),
     ("rev-lbr1-h0", dict(direction="reverse", linear_before_reset=1), dict(h0=True)),
-    ("bi-lbr0-lens-h0", dict(direction="bidirectional", linear_before_reset=0), dict(lengths=True, h0=True)),
+    ("bi-lbr0-lens-h0-H8", dict(direction="bidirectional", linear_before_reset=0), dict(lengths=True, h0=True, H=8)),
     ("bi-lbr1-lens", dict(direction="bidirectional", linear_before_reset=1), dict(lengths=True)),
     (
         "acts-hardsig-scaledtanh-leaky-affine",
@@ -111,7 +111,7 @@ CASES = [
     ("float64-fwd-lbr1-h0", dict(linear_before_reset=1), dict(h0=True, dtype=np.float64)),
 ]
 #: cases also run through the per-step path (each step: tiled products over all rows)
-STEPWISE = {"fwd-lbr0", "bi-lbr0-lens-h0", "bi-lbr1-lens", "acts-hardsig-scaledtanh-leaky-affine", "merge-mul-last",
+STEPWISE = {"fwd-lbr0", "bi-lbr0-lens-h0-H8", "bi-lbr1-lens", "acts-hardsig-scaledtanh-leaky-affine", "merge-mul-last",
             "bi-time-reversed-keras", "float64-bi-lens"}
 
 
@@ -120,8 +120,9 @@ def test_case_list_covers_every_activation():
     assert used == set(ALL_ACTS)
 
 
-def build_case(gru_opts, run_opts, seed=0, I=3, H=5, B=3, T=6):
+def build_case(gru_opts, run_opts, seed=0, I=3, B=3, T=6):
     rng = np.random.default_rng(seed)
+    H = run_opts.get("H", 5)
     dtype = run_opts.get("dtype", np.float32)
     D = 2 if gru_opts.get("direction") == "bidirectional" else 1
     W, R, Bias = random_gru_weights(rng, I, H, D, dtype)
