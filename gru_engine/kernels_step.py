@@ -201,27 +201,29 @@ def _dense_act(y, code, alpha):
 
 
 @njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)
-def _axpy_rows(A, v, acc, c0, c1):
-    """acc[c0:c1] += v @ A[:, c0:c1] for A (n, C) C-contiguous, v (n,): rows scaled and summed.
+def _axpy_rows(P, o, n, C, v, acc, c0, c1):
+    """acc[c0:c1] += v @ A[:, c0:c1] for A = P[o : o + n*C] as (n, C) rows, v (n,).
 
-    Four rows per pass so each load/store of ``acc`` carries four FMAs.
+    Rows scaled and summed, four rows per pass so each load/store of ``acc`` carries four
+    FMAs. Rows are taken as 1-D slices (no reshape call); LLVM vectorises the j loop.
     """
-    n = A.shape[0]
     n4 = n - n % 4
     for k in range(0, n4, 4):
         v0 = v[k]
         v1 = v[k + 1]
         v2 = v[k + 2]
         v3 = v[k + 3]
-        a0 = A[k]
-        a1 = A[k + 1]
-        a2 = A[k + 2]
-        a3 = A[k + 3]
+        r = o + k * C
+        a0 = P[r : r + C]
+        a1 = P[r + C : r + 2 * C]
+        a2 = P[r + 2 * C : r + 3 * C]
+        a3 = P[r + 3 * C : r + 4 * C]
         for j in range(c0, c1):
             acc[j] += (v0 * a0[j] + v1 * a1[j]) + (v2 * a2[j] + v3 * a3[j])
     for k in range(n4, n):
         vk = v[k]
-        ak = A[k]
+        r = o + k * C
+        ak = P[r : r + C]
         for j in range(c0, c1):
             acc[j] += vk * ak[j]
 
@@ -240,8 +242,8 @@ def _gru_step(P, m, s, fast):
     C = 3 * H
     x = s[m[3] : m[3] + I]
     h = s[m[4] : m[4] + H]
-    WT = P[m[5] : m[5] + I * C].reshape((I, C))
-    RT = P[m[6] : m[6] + H * C].reshape((H, C))
+    WT = np.int64(m[5])  # offset of W' (I, 3H) in P
+    RT = np.int64(m[6])  # offset of R' (H, 3H) in P
     bx = P[m[7] : m[7] + C]
     Rb_h = P[m[8] : m[8] + H]
     lbr = m[9]
@@ -257,11 +259,11 @@ def _gru_step(P, m, s, fast):
 
     for j in range(C):
         gx[j] = bx[j]
-    _axpy_rows(WT, x, gx, 0, C)
+    _axpy_rows(P, WT, I, C, x, gx, 0, C)
     nr = C if lbr else 2 * H
     for j in range(nr):
         gh[j] = zero
-    _axpy_rows(RT, h, gh, 0, nr)
+    _axpy_rows(P, RT, H, C, h, gh, 0, nr)
     # z, r into gx[0:2H]
     if use_fast:
         for j in range(2 * H):
@@ -284,7 +286,7 @@ def _gru_step(P, m, s, fast):
             gh[k] = gx[H + k] * h[k]
         for j in range(H):
             gh[2 * H + j] = zero
-        _axpy_rows(RT, gh[0:H], gh, 2 * H, C)
+        _axpy_rows(P, RT, H, C, gh[0:H], gh, 2 * H, C)
         for j in range(H):
             gh[2 * H + j] += gx[2 * H + j]
     if use_fast:
@@ -324,11 +326,10 @@ def _run_row(P, M, s, masked):
             n_out = np.int64(m[2])
             x = s[m[3] : m[3] + n_in]
             y = s[m[4] : m[4] + n_out]
-            K = P[m[5] : m[5] + n_in * n_out].reshape((n_in, n_out))
             b = P[m[6] : m[6] + n_out]
             for j in range(n_out):
                 y[j] = b[j]
-            _axpy_rows(K, x, y, 0, n_out)
+            _axpy_rows(P, np.int64(m[5]), n_in, n_out, x, y, 0, n_out)
             _dense_act(y, m[7], P[m[8]])
         elif code == OP_ACT:
             F = m[1]
