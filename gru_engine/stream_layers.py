@@ -209,15 +209,45 @@ class LayerStream:
                 h = api.RUNNERS[type(layer)](layer, i, h, ctx)
         return h
 
-    def step(self, x_t):
+    def step(self, x_t, out=None):
         """One step ``(B, F)`` (``(B,)`` token ids): ``(B, out)``, or None when this step
-        produced no output (``(B, m, out)`` when it produced several)."""
+        produced no output (``(B, m, out)`` when it produced several).
+
+        out : optional ``(B, out)`` array; a single output is written there and returned.
+        """
         x = np.asarray(x_t)
+        if x.ndim != (1 if self.model.takes_tokens else 2):
+            doc = f"({self.batch_size},) token ids" if self.model.takes_tokens else f"({self.batch_size}, {self.model.input_size})"
+            raise InputShapeError(f"x_t must have shape {doc}, got {x.shape}")
         y = self.run(x[:, None])
         m = y.shape[1]
         if m == 0:
             return None
-        return y[:, 0] if m == 1 else y
+        if m > 1:
+            return y
+        if out is None:
+            return y[:, 0]
+        if not isinstance(out, np.ndarray) or out.shape != (self.batch_size, self.output_size):
+            raise InputShapeError(f"out must have shape ({self.batch_size}, {self.output_size}), got {np.shape(out)}")
+        out[...] = y[:, 0]
+        return out
+
+    @property
+    def input_size(self) -> int | None:
+        return None if self.model.takes_tokens else self.model.input_size
+
+    def copy(self) -> LayerStream:
+        """An independent stream with a copy of the current state (receptive fields included)."""
+        other = LayerStream(self.model, self.batch_size)
+        for k, ((i, layer, mine), (_, _, theirs)) in enumerate(zip(self._layers, other._layers)):
+            if isinstance(mine, _Window):
+                theirs.P, theirs.next_o, theirs.tail = mine.P, mine.next_o, mine.tail.copy()
+            elif layer is None:  # a fused Stream segment
+                other._layers[k] = (i, None, mine.copy())
+        for a, b in zip(self._states, other._states):
+            b[...] = a
+        other._padded = set(self._padded)
+        return other
 
     def __repr__(self) -> str:
         return f"LayerStream(batch_size={self.batch_size}, output_size={self.output_size}, model={self.model.name!r})"

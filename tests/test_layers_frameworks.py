@@ -277,6 +277,27 @@ def test_streaming_with_keras_mask_and_state(rng):
     np.testing.assert_allclose(s.run(x), got, atol=0, rtol=0)
 
 
+def test_model_stream_uses_layer_stream(rng):
+    model = Model(tuple(_streamable_models(rng)[5]), input_size=3)
+    s = model.stream(batch_size=2)
+    assert isinstance(s, LayerStream)
+    x = r32(rng, 2, 6, 3)
+    y = model.run(x)[0]
+    np.testing.assert_allclose(s.run(x[:, :3]), y[:, :2], atol=TOL, rtol=0)
+    c = s.copy()
+    np.testing.assert_allclose(s.run(x[:, 3:]), y[:, 2:], atol=TOL, rtol=0)
+    np.testing.assert_allclose(c.run(x[:, 3:]), y[:, 2:], atol=TOL, rtol=0)
+    out = np.empty((2, 3), F32)
+    s.reset()
+    assert s.step(x[:, 0], out=out) is out  # ZeroPadding's zero + x0 complete a pooling window
+    np.testing.assert_allclose(out, y[:, 0], atol=TOL, rtol=0)
+    assert s.step(x[:, 1], out=out) is None
+    assert s.step(x[:, 2], out=out) is out
+    np.testing.assert_allclose(out, y[:, 1], atol=TOL, rtol=0)
+    with pytest.raises(InputShapeError, match="x_t must have shape"):
+        s.step(x[:, :2])
+
+
 def test_step_reports_no_output_with_none(rng):
     model = Model((MaxPooling1D(pool_size=3, stride=2),), input_size=2)
     s = LayerStream(model)
