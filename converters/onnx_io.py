@@ -262,9 +262,14 @@ def to_onnx(
             metas.append(_layer_meta(layer, arrays))
             gi += 1
         else:
-            raise UnsupportedError(
-                f"layer {li} ({layer.describe()}) has no ONNX export; supported: GRU, Dense, Activation, Embedding, Masking"
-            )
+            done = _extra_layers_export(b, model, li, pre, cur)
+            if done is None:
+                raise UnsupportedError(
+                    f"layer {li} ({layer.describe()}) has no ONNX export; supported: GRU, Dense, Activation, "
+                    f"Embedding, Masking{_extra_kinds_text()}"
+                )
+            cur, arrays = done
+            metas.append(_layer_meta(layer, arrays))
 
     out_size = model.output_size
     y = b.op("Identity", [cur], name="y")
@@ -303,6 +308,25 @@ def to_onnx(
     if path is not None:
         onnx.save_model(proto, os.fspath(path))
     return proto
+
+
+def _extra_layers():
+    """converters.onnx_layers (Conv1D, normalization, pooling, ...), or None when unavailable."""
+    try:
+        from . import onnx_layers
+    except ImportError:  # pragma: no cover - the layers module is optional to this one
+        return None
+    return onnx_layers
+
+
+def _extra_layers_export(b, model, index, pre, cur):
+    mod = _extra_layers()
+    return None if mod is None else mod.export_layer(b, model, index, pre, cur)
+
+
+def _extra_kinds_text() -> str:
+    mod = _extra_layers()
+    return "" if mod is None else ", " + ", ".join(mod.LAYER_KINDS)
 
 
 def _engine_version() -> str:
@@ -604,6 +628,9 @@ def _from_own(proto, props, label):
         raise ModelFileError(f"{label}: metadata {LAYERS_KEY!r} must be JSON, got {e}") from None
     inits = {t.name: t for t in proto.graph.initializer}
     kinds = {"GRU": GRU, "Dense": Dense, "Embedding": Embedding, "Masking": Masking, "Activation": Activation}
+    extra = _extra_layers()
+    if extra is not None:
+        kinds.update(extra.LAYER_KINDS)
     layers = []
     try:
         for i, m in enumerate(metas):
@@ -751,7 +778,9 @@ _BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Pow": "pow"}
 
 
 def _supported_ops() -> str:
-    return ", ".join(sorted(set(_GLUE_OPS) | set(_LAYER_OPS) | set(_UNARY) | set(_BINARY)))
+    extra = _extra_layers()
+    more = set(extra.IMPORT_OPS) if extra is not None else set()
+    return ", ".join(sorted(set(_GLUE_OPS) | set(_LAYER_OPS) | set(_UNARY) | set(_BINARY) | more))
 
 
 def _eval_tree(tree, x):
@@ -1064,6 +1093,9 @@ class _Interp:
                 fn = self.op_unary
             if fn is None and op in _BINARY:
                 fn = self.op_binary
+            if fn is None:
+                extra = _extra_layers()
+                fn = None if extra is None else extra.interp_handler(self, op)
             if fn is None:
                 self.unsupported(node, f"op {op!r} is not supported; supported ops: {_supported_ops()}")
             outs = fn(node, ins)
