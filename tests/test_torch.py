@@ -559,3 +559,24 @@ def test_validate_against_module_objects(rng):
         converters.validate_against(Tagger(), "torch")
     with pytest.raises(ModelDefinitionError, match="framework must be one of"):
         converters.validate_against(Tagger(), "tensorflow")
+
+
+def test_module_with_h0_argument(rng):
+    """forward(x, h0): the exported initial-state input becomes Model.run's initial_state."""
+    torch.manual_seed(13)
+
+    class WithState(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.g = nn.GRU(3, 5, num_layers=2, batch_first=True)
+            self.fc = nn.Linear(5, 2)
+
+        def forward(self, x, h0):
+            return self.fc(self.g(x, h0)[0])
+
+    m = WithState().eval()
+    model = from_torch(m, example_input=(torch.randn(1, 4, 3), torch.randn(2, 1, 5)))
+    x, h0 = randn(rng, 2, 6, 3), randn(rng, 2, 2, 5)
+    with torch.no_grad():
+        ref = m(torch.from_numpy(x), torch.from_numpy(h0))
+    check("nn.Module via ONNX export", model.run(x, initial_state=h0)[0], ref)
