@@ -152,8 +152,10 @@ def from_keras(path, config=None, *, name: str | None = None, keras_version: str
     UnsupportedError : a layer or option that cannot be converted (named, with what is supported).
     """
     src = os.fspath(path)
-    cfg_arg = None if config is None else _load_config_arg(config)
+    if config is not None and not isinstance(config, (dict, str, bytes, bytearray, os.PathLike)):
+        raise TypeError(f"config must be a dict, a JSON string or a path, got {type(config).__name__}")
     try:
+        cfg_arg = None if config is None else _load_config_arg(config)
         with _open_source(src) as (file_cfg, store):
             cfg = file_cfg if cfg_arg is None else cfg_arg
             if cfg is None:
@@ -189,6 +191,13 @@ class _Source:
         self._closers: list = []
 
     def __enter__(self):
+        try:
+            return self._enter()
+        except BaseException:
+            self.__exit__(None, None, None)  # `with` does not call __exit__ when __enter__ raises
+            raise
+
+    def _enter(self):
         src = self.src
         if not os.path.exists(src):
             raise ModelFileError(f"Keras model file {src!r} does not exist")
