@@ -243,3 +243,32 @@ def test_gru_cell_loop_is_refused_with_op_names(tmp_path):
     path = export(Cell(), (torch.randn(2, 3), torch.randn(2, 4)), ["x", "h"], tmp_path / "cell.onnx", False, {})
     with pytest.raises(gru_engine.UnsupportedError, match="input 'x' must have rank 3"):
         gru_engine.load(path)
+
+
+class NoBiasHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRU(4, 5, num_layers=2, bias=False, batch_first=True, bidirectional=True)
+        self.lin = nn.Linear(10, 3)
+
+    def forward(self, x, h0):
+        out, h = self.gru(x, h0)
+        return torch.softmax(self.lin(out), dim=-1), h
+
+
+@pytest.mark.parametrize("opset", [9, 11, 13])
+def test_old_opsets_and_no_bias(opset, tmp_path):
+    """Older opsets put axes / starts in attributes (Unsqueeze, Squeeze, Slice) and Softmax
+    coerces to 2-D; bias=False GRUs export without B."""
+    torch.manual_seed(opset)
+    m = NoBiasHead().eval()
+    path = tmp_path / "old.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (torch.randn(3, 5, 4), torch.randn(4, 3, 5)), str(path), input_names=["x", "h0"],
+                          dynamo=False, opset_version=opset, dynamic_axes={"x": {0: "b", 1: "t"}, "h0": {1: "b"}})
+    run = (torch.randn(2, 8, 4), torch.randn(4, 2, 5))
+    ref = torch_outputs(m, run)
+    got = backend.prepare(path).run([a.numpy() for a in run])
+    for g, r in zip(got, ref):
+        np.testing.assert_allclose(g, r, atol=ATOL, rtol=0)
