@@ -11,6 +11,8 @@ Keras class                 engine layer (options honoured)
 Conv1D                      Conv1D: filters, kernel_size, strides, padding valid/same/causal,
                             dilation_rate, groups, use_bias, activation. Kernel ``(K, in/g, out)``
                             -> ``(out, in/g, K)``
+DepthwiseConv1D             Conv1D with groups = in_channels (depth_multiplier; channel c*dm+m)
+SeparableConv1D             depthwise Conv1D (no bias) then a 1x1 Conv1D (bias, activation)
 BatchNormalization          BatchNormalization: axis -1, epsilon, center, scale (inference stats)
 LayerNormalization          LayerNormalization: axis -1, epsilon, center, scale (not rms_scaling)
 UnitNormalization           UnitNormalization: axis -1 (L2, epsilon 1e-12 as Keras)
@@ -57,8 +59,8 @@ _ACT = {
 
 #: Keras classes this module converts.
 KERAS_LAYER_CLASSES = (
-    "Conv1D", "BatchNormalization", "LayerNormalization", "UnitNormalization", "MaxPooling1D",
-    "AveragePooling1D", "MaxPool1D", "AvgPool1D", "GlobalAveragePooling1D", "GlobalMaxPooling1D",
+    "Conv1D", "DepthwiseConv1D", "SeparableConv1D", "BatchNormalization", "LayerNormalization", "UnitNormalization",
+    "MaxPooling1D", "AveragePooling1D", "MaxPool1D", "AvgPool1D", "GlobalAveragePooling1D", "GlobalMaxPooling1D",
     "GlobalAvgPool1D", "GlobalMaxPool1D", "ZeroPadding1D", "Flatten", "Reshape", "ReLU", "LeakyReLU",
     "ELU", "Softmax",
 )
@@ -108,8 +110,10 @@ def _last_axis(c: dict, where: str, rank: int) -> None:
 def keras_weight_count(class_name: str, config: dict) -> int | None:
     """How many weight tensors a Keras layer of this class stores (None: not converted here)."""
     c = config or {}
-    if class_name == "Conv1D":
+    if class_name in ("Conv1D", "DepthwiseConv1D"):
         return 2 if c.get("use_bias", True) else 1
+    if class_name == "SeparableConv1D":
+        return 3 if c.get("use_bias", True) else 2
     if class_name == "BatchNormalization":
         return 2 + bool(c.get("center", True)) + bool(c.get("scale", True))
     if class_name == "LayerNormalization":
@@ -163,6 +167,32 @@ def convert_keras_layer(
             stride=_one(c.get("strides", 1), where, "strides"), dilation=_one(c.get("dilation_rate", 1), where, "dilation_rate"),
             groups=groups, padding=padding, activation=act, alpha=alpha, name=name,
         )]
+
+    if class_name in ("DepthwiseConv1D", "SeparableConv1D"):
+        # depthwise kernel (K, in, depth_multiplier): output channel c * dm + m reads input c only
+        _channels_last(c, where)
+        padding = str(c.get("padding", "valid")).lower()
+        if padding not in ("valid", "same", "causal"):
+            raise UnsupportedError(f"{where}: padding={padding!r} is not supported; supported: valid, same, causal")
+        dk = w[0]
+        K = _one(c.get("kernel_size"), where, "kernel_size")
+        dm = int(c.get("depth_multiplier", 1) or 1)
+        if dk.ndim != 3 or dk.shape[0] != K or dk.shape[2] != dm:
+            raise ModelFileError(f"{where} tensor 'depthwise_kernel' must have shape ({K}, in_channels, {dm}), got {dk.shape}")
+        cin = dk.shape[1]
+        kernel = np.ascontiguousarray(dk.transpose(1, 2, 0).reshape(cin * dm, 1, K))
+        act, alpha = _act(c.get("activation"), where)
+        conv = dict(stride=_one(c.get("strides", 1), where, "strides"),
+                    dilation=_one(c.get("dilation_rate", 1), where, "dilation_rate"), groups=cin, padding=padding)
+        if class_name == "DepthwiseConv1D":
+            return [Conv1D(kernel=kernel, bias=w[1] if n_exp == 2 else None, activation=act, alpha=alpha, name=name, **conv)]
+        pk = w[1]
+        filters = c.get("filters")
+        if pk.shape != (1, cin * dm, filters):
+            raise ModelFileError(f"{where} tensor 'pointwise_kernel' must have shape (1, {cin * dm}, {filters}), got {pk.shape}")
+        return [Conv1D(kernel=kernel, name=f"{name}/depthwise", **conv),
+                Conv1D(kernel=np.ascontiguousarray(pk.transpose(2, 1, 0)), bias=w[2] if n_exp == 3 else None,
+                       activation=act, alpha=alpha, name=name)]
 
     if class_name == "BatchNormalization":
         _last_axis(c, where, rank)
