@@ -729,23 +729,6 @@ def _parse_functional(layers, c, mname, dtype, src) -> _Arch:
     chain.reverse()
     chain_set = set(chain) | {in_name}
 
-    # Everything else must be mask bookkeeping, and nothing may consume states or branch off.
-    for n, layer in by_name.items():
-        if n in chain_set:
-            continue
-        lcls = str(layer.get("class_name"))
-        if not is_op(n) or lcls not in MASK_OPS:
-            raise UnsupportedError(
-                f"layer {n!r} ({lcls}) is not on the chain from input {in_name!r} to the output; supported: models "
-                "whose layers form one chain"
-            )
-        for key, uses in consumers.items():
-            if key[0] == n:
-                for user, how in uses:
-                    if how != "mask" and not (is_op(user) and by_name[user].get("class_name") in MASK_OPS):
-                        raise UnsupportedError(
-                            f"op {n!r} ({lcls}) feeds {user!r} ({how}); supported: ops that only compute masks"
-                        )
     nodes = []
     for i, lname in enumerate(chain):
         layer = by_name[lname]
@@ -777,6 +760,23 @@ def _parse_functional(layers, c, mname, dtype, src) -> _Arch:
                         f"layer {lname!r} ({cls}) also feeds {bad}, off the chain; supported: models whose layers form one chain"
                     )
         nodes.append(_Node(cls, layer.get("config") or {}, lname, masked_call=(kwargs.get("mask") is not None)))
+    # Everything else must be mask bookkeeping, and nothing may consume states or branch off.
+    for n, layer in by_name.items():
+        if n in chain_set:
+            continue
+        lcls = str(layer.get("class_name"))
+        if not is_op(n) or lcls not in MASK_OPS:
+            raise UnsupportedError(
+                f"layer {n!r} ({lcls}) is not on the chain from input {in_name!r} to the output; supported: models "
+                "whose layers form one chain"
+            )
+        for key, uses in consumers.items():
+            if key[0] == n:
+                for user, how in uses:
+                    if how != "mask" and not (is_op(user) and by_name[user].get("class_name") in MASK_OPS):
+                        raise UnsupportedError(
+                            f"op {n!r} ({lcls}) feeds {user!r} ({how}); supported: ops that only compute masks"
+                        )
     inp = by_name[in_name]
     ic = inp.get("config") or {}
     if str(inp.get("class_name")) != "InputLayer":

@@ -474,3 +474,16 @@ def test_hard_sigmoid_follows_the_writing_keras_version(saved, kdir):
     g = from_keras(p).layers[0]
     assert g.activations == ("HardSigmoid", "Tanh") and g.activation_alpha == (0.2,) and g.activation_beta == (0.5,)
     assert from_keras(p, keras_version="3.15.1").layers[0].activation_alpha == pytest.approx((1 / 6,))
+
+
+def test_initial_state_and_shared_layers_rejected(kdir):
+    inp = keras.Input((KM.T, KM.F))
+    h0 = L.Dense(3, name="h0")(L.GlobalAveragePooling1D()(inp))
+    out = L.GRU(3, name="g_init")(inp, initial_state=[h0])
+    with pytest.raises(UnsupportedError, match=r"'g_init' \(GRU\) receives a tensor as initial_state="):
+        from_keras(_save(keras.Model(inp, out), kdir, "init_state.keras"))
+    inp = keras.Input((KM.T, KM.F))
+    shared = L.Dense(3, name="shared")
+    out = L.GRU(2)(shared(shared(L.Dense(3)(inp))))
+    with pytest.raises(UnsupportedError, match=r"'shared' \(Dense\) is called 2 times"):
+        from_keras(_save(keras.Model(inp, out), kdir, "shared.keras"))
