@@ -254,6 +254,9 @@ GEMM_MIN_ROWS = 8
 
 #: Batch rows per work item of the row kernel (they share each load of the weights).
 ROW_BLOCK = 4
+
+#: Runs with fewer multiply-adds than this use one thread (a parallel launch costs ~10 us).
+PARALLEL_MIN_MACS = 1 << 21
 GEMM_MIN_MACS = 1 << 20
 
 
@@ -270,6 +273,8 @@ def choose_gru_path(B: int, H: int, D: int, threads: int) -> str:
 
 @register(GRU)
 def _run_gru(layer: GRU, i: int, x: np.ndarray, ctx: RunContext):
+    import numba
+
     from . import threads
 
     threads.ensure_init()
@@ -288,17 +293,26 @@ def _run_gru(layer: GRU, i: int, x: np.ndarray, ctx: RunContext):
     nthreads = threads.get_num_threads()
     path = choose_gru_path(B, H, D, nthreads)
     if path == "rows":
-        rb = max(1, min(ROW_BLOCK, B * D // nthreads))
+        # small runs stay on the calling thread: waking the pool costs more than it saves
+        nt = nthreads if D * B * T * 3 * H * (I + H) >= PARALLEL_MIN_MACS else 1
+        rb = max(1, min(ROW_BLOCK, B * D // nt))
         nblk = -(-B // rb)
         XPs = np.empty((D * B, T, 3 * H), dtype)
         G = np.empty((D * nblk, rb, 3 * H), dtype)
         RH = np.empty((D * nblk, rb, H), dtype)
-        nchunks = max(1, -(-nthreads // (D * B))) if T >= 32 * nthreads else 1
+        nchunks = max(1, -(-nt // (D * B))) if T >= 32 * nt else 1
         w = p.gemm_weights()
-        K.gru_rows(
-            x, p.WTd, p.bx, w[0], w[-1] if len(w) > 1 else _DUMMY_RT[dtype.type], p.Rb_h, hs, mask, use_mask, p.rev, p.lbr, p.acts, p.clip,
-            approx, zero_invalid, ctx.from_lengths and use_mask, p.trev, Y, XPs, G, RH, nchunks, rb,
-        )
+        if nt != nthreads:
+            numba.set_num_threads(nt)
+        try:
+            K.gru_rows(
+                x, p.WTd, p.bx, w[0], w[-1] if len(w) > 1 else _DUMMY_RT[dtype.type], p.Rb_h,
+                hs, mask, use_mask, p.rev, p.lbr, p.acts, p.clip,
+                approx, zero_invalid, ctx.from_lengths and use_mask, p.trev, Y, XPs, G, RH, nchunks, rb,
+            )
+        finally:
+            if nt != nthreads:
+                numba.set_num_threads(nthreads)
     else:
         _gru_gemm_path(p, x, hs, mask, use_mask, zero_invalid, approx, Y)
         if ctx.from_lengths and T > 0:

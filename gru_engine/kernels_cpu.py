@@ -442,7 +442,9 @@ def gru_rows(
     H = RTa.shape[1]
     Bn = x.shape[0]
     T = x.shape[1]
-    # input projections: one BLAS product per (direction, row, time chunk), in parallel
+    # input projections of all steps: the hand product with the steps as its rows, one
+    # item per (direction, row, time chunk), in parallel (no BLAS call inside numba: SciPy's
+    # BLAS would cost startup time and a second thread pool to coordinate)
     nw = D * Bn
     tc = (T + nchunks - 1) // nchunks if nchunks > 0 else T
     for c in prange(nw * nchunks):
@@ -452,7 +454,7 @@ def gru_rows(
         if t1 > t0:
             d = w // Bn
             b = w - d * Bn
-            np.dot(x[b, t0:t1], WTd[d], XPs[w, t0:t1])
+            matmul_rows(x[b, t0:t1], t1 - t0, WTd[d], XPs[w, t0:t1], 0)
     nblk = (Bn + rb - 1) // rb
     for w in prange(D * nblk):
         d = w // nblk

@@ -1,11 +1,11 @@
 """One thread setting for the engine's two thread pools: numba's (``prange`` kernels) and
-the BLAS libraries' (NumPy's OpenBLAS for whole-sequence products, SciPy's for the
-``np.dot`` calls inside numba kernels).
+the BLAS libraries' (NumPy's OpenBLAS for the per-step GEMM path).
 
-The engine never runs the two pools at once: a run uses either numba's threads (the
-row kernels, whose in-kernel BLAS calls are kept single-threaded) or NumPy's BLAS threads
-(the per-step GEMM path, whose numba gate kernels are serial). So ``n`` threads for each
-never oversubscribes ``n`` cores.
+The engine never runs the two pools at once: a run uses either numba's threads (the row
+kernel, which calls no BLAS) or NumPy's BLAS threads (the per-step GEMM path, whose numba
+gate kernel is serial). So ``n`` threads for each never oversubscribes ``n`` cores. A BLAS
+library that is loaded inside a parallel numba kernel elsewhere (SciPy's, for numba's
+``np.dot``) is kept at one thread once loaded.
 
 The starting value comes from ``GRU_ENGINE_NUM_THREADS``; without it numba keeps its own
 count (``NUMBA_NUM_THREADS`` or the number of cores) and the BLAS libraries theirs. threadpoolctl sets the BLAS limits when
@@ -19,7 +19,7 @@ import os
 
 from .errors import InputShapeError, InputTypeError
 
-_state = {"n": None, "inner_blas_done": False}
+_state = {"n": None}
 
 
 def _max_threads() -> int:
@@ -68,7 +68,7 @@ def set_num_threads(n: int) -> int:
     numba.set_num_threads(n)
     _blas_limit(n, lambda p: not _is_numba_blas(p))
     _state["n"] = n
-    _keep_inner_blas_serial()
+    _blas_limit(1, _is_numba_blas)
     return n
 
 
@@ -76,16 +76,6 @@ def get_num_threads() -> int:
     """Threads the engine uses now (after :func:`set_num_threads` or the environment)."""
     ensure_init()
     return _state["n"]
-
-
-def _keep_inner_blas_serial() -> None:
-    """SciPy's BLAS runs inside numba's parallel loops: keep it at one thread."""
-    if _state["inner_blas_done"]:
-        return
-    import scipy.linalg.cython_blas  # noqa: F401  (loads the library numba's np.dot calls)
-
-    _blas_limit(1, _is_numba_blas)
-    _state["inner_blas_done"] = True
 
 
 def ensure_init() -> None:
@@ -103,4 +93,3 @@ def ensure_init() -> None:
         import numba
 
         _state["n"] = numba.get_num_threads()
-        _keep_inner_blas_serial()

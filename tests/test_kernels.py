@@ -267,6 +267,8 @@ def test_paths_vs_onnxruntime(path, direction, lbr, rng):
 
 
 def test_set_num_threads():
+    import scipy.linalg  # noqa: F401  (loads the BLAS numba's np.dot would call)
+
     import numba
 
     import gru_engine
