@@ -625,12 +625,39 @@ def run_conv1d(layer: Conv1D, i: int, x: np.ndarray, ctx) -> np.ndarray:
     _check_length(layer, i, To, T)
     x = np.ascontiguousarray(x, dtype=dtype)
     y = np.empty((B, To, layer.out_channels), dtype)
-    conv = KL.conv1d if B * To >= KL.PARALLEL_MIN_STEPS else KL.conv1d_serial
-    conv(x, layer.packed(dtype), layer.bias.astype(dtype, copy=False), layer.stride, layer.dilation,
-              layer.groups, -left, y)
+    macs = B * To * layer.in_channels * layer.out_channels * layer.kernel_size // layer.groups
+    if layer.groups == 1 and macs >= GEMM_MIN_MACS:
+        _conv1d_gemm(layer, x, left, To, y)
+    else:
+        conv = KL.conv1d if B * To >= KL.PARALLEL_MIN_STEPS else KL.conv1d_serial
+        conv(x, layer.packed(dtype), layer.bias.astype(dtype, copy=False), layer.stride, layer.dilation,
+             layer.groups, -left, y)
     if layer.activation != "linear":
         KC.dense_act_inplace(_flat(y), DENSE_ACTIVATIONS[layer.activation], dtype.type(layer.alpha))
     return y
+
+
+#: convolutions with at least this many multiply-adds (and groups = 1) run as one BLAS GEMM
+#: over an im2col copy of the input; smaller ones (and grouped ones) run the Numba kernel.
+GEMM_MIN_MACS = 1 << 22
+
+
+def _conv1d_gemm(layer: Conv1D, x: np.ndarray, left: int, To: int, y: np.ndarray) -> None:
+    """``y = im2col(x) @ W + bias``: cols ``(B*To, K*Cin)`` gathered once, one BLAS product."""
+    B, T, C = x.shape
+    K, d, s = layer.kernel_size, layer.dilation, layer.stride
+    right = max((To - 1) * s + (K - 1) * d + 1 - left - T, 0)
+    xp = x
+    if left or right:
+        xp = np.zeros((B, left + T + right, C), x.dtype)
+        xp[:, left : left + T] = x
+    cols = np.empty((B, To, K, C), x.dtype)
+    for k in range(K):
+        cols[:, :, k] = xp[:, k * d : k * d + (To - 1) * s + 1 : s]
+    W = layer.packed(x.dtype).reshape(K * C, layer.out_channels)
+    y2 = y.reshape(B * To, layer.out_channels)
+    np.matmul(cols.reshape(B * To, K * C), W, out=y2)
+    y2 += layer.bias.astype(x.dtype, copy=False)
 
 
 def run_pooling(layer: _Pooling1D, i: int, x: np.ndarray, ctx) -> np.ndarray:

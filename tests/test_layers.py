@@ -135,6 +135,21 @@ def test_parallel_and_serial_kernels_agree(rng):
     np.testing.assert_array_equal(np.concatenate([run1(pool, x[i : i + 1]) for i in range(6)]), big)
 
 
+@pytest.mark.parametrize("padding,stride,dilation", [("causal", 1, 2), ("same", 3, 1), ("valid", 2, 1), ("same", 1, 3)])
+def test_conv1d_gemm_path(rng, padding, stride, dilation):
+    """Large ungrouped convolutions take the im2col + BLAS path: same results as the kernel."""
+    from gru_engine import layers as LY
+
+    W, b = r32(rng, 48, 40, 3, scale=0.2), r32(rng, 48)
+    layer = Conv1D(kernel=W, bias=b, padding=padding, stride=stride, dilation=dilation, activation="tanh")
+    x = r32(rng, 4, 300, 40)
+    To = layer.output_length(300)
+    assert 4 * To * 40 * 48 * 3 >= LY.GEMM_MIN_MACS or stride > 1
+    y = run1(layer, x)
+    l, r = layer.pad_amounts(300)
+    np.testing.assert_allclose(y, np.tanh(np_conv1d(x, W, b, stride, dilation, 1, l, r)), atol=ATOL[F32], rtol=0)
+
+
 def test_conv1d_matches_torch(rng):
     torch = pytest.importorskip("torch")
     W = r32(rng, 6, 3, 5, scale=0.3)
