@@ -331,3 +331,364 @@ def test_streaming_refuses_lookahead_layers(rng):
     s = LayerStream(Model((Conv1D(kernel=W, padding="causal"),)))
     with pytest.raises(InputShapeError, match="x_chunk must have shape"):
         s.run(np.zeros((1, 2, 5), F32))
+# =========================================================================== Keras
+
+
+@pytest.fixture(scope="module")
+def K():
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    pytest.importorskip("h5py")
+    return keras
+
+
+def _bn_stats(model, rng):
+    """Non-trivial moving statistics (fresh BN layers are the identity)."""
+    for layer in model.layers:
+        if type(layer).__name__ == "BatchNormalization":
+            n = len(layer.get_weights())
+            F = layer.get_weights()[0].shape[0]
+            w = [rng.standard_normal(F).astype(F32) * 0.5 for _ in range(n - 1)] + [rng.uniform(0.5, 2.0, F).astype(F32)]
+            layer.set_weights(w)
+
+
+def _custom_loss(y_true, y_pred):  # a compile_config entry Keras cannot reload without custom_objects
+    import keras
+
+    return keras.ops.mean((y_true - y_pred) ** 4)
+
+
+def _save_both(m, tmp_path, name):
+    pk = os.path.join(tmp_path, f"{name}.keras")
+    ph = os.path.join(tmp_path, f"{name}.h5")
+    m.save(pk)
+    m.save(ph)
+    return pk, ph
+
+
+def _brief_model(K, rng, padding=(2, 0), pool="max"):
+    L = K.layers
+    Pool = L.MaxPooling1D if pool == "max" else L.AveragePooling1D
+    m = K.Sequential([
+        K.Input((None, 4)),
+        L.Conv1D(8, 3, padding="causal", dilation_rate=2, activation="relu"),
+        L.BatchNormalization(),
+        L.ZeroPadding1D(padding),
+        Pool(2),
+        L.GRU(6, return_sequences=True),
+        L.Dense(5),
+        L.UnitNormalization(),
+    ])
+    _bn_stats(m, rng)
+    return m
+
+
+@pytest.mark.parametrize("pool", ["max", "avg"])
+def test_keras_conv_bn_pad_pool_gru_dense_unitnorm(K, rng, tmp_path, pool):
+    """The issue's Keras shape, saved with a custom loss, converted from .keras and .h5."""
+    from converters.keras_io import from_keras
+
+    m = _brief_model(K, rng, pool=pool)
+    m.compile(optimizer="adam", loss=_custom_loss)
+    pk, ph = _save_both(m, tmp_path, f"brief_{pool}")
+    x = r32(rng, 3, 11, 4, scale=1.0)
+    ref = np.asarray(m.predict(x, verbose=0))
+    for p in (pk, ph):
+        em = from_keras(p)
+        assert [type(la).__name__ for la in em.layers] == [
+            "Conv1D", "BatchNormalization", "ZeroPadding1D", "MaxPooling1D" if pool == "max" else "AveragePooling1D",
+            "GRU", "Dense", "UnitNormalization"]
+        y = em.run(x)[0]
+        assert y.shape == ref.shape
+        np.testing.assert_allclose(y, ref, atol=TOL, rtol=0, err_msg=p)
+    # the engine's ONNX file, run by onnxruntime, matches Keras too
+    import gru_engine
+
+    out = os.path.join(tmp_path, f"brief_{pool}.onnx")
+    gru_engine.save(em, out)
+    got = ort_session_of(__import__("onnx").load(out)).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, ref, atol=TOL, rtol=0)
+    # streaming: this model is causal (left padding only), so steps equal the whole run
+    steps, _ = _stream_all(em, x, [1] * x.shape[1])
+    np.testing.assert_allclose(steps, ref, atol=TOL, rtol=0)
+
+
+def test_keras_symmetric_padding_runs_but_does_not_stream(K, rng, tmp_path):
+    from converters.keras_io import from_keras
+
+    m = _brief_model(K, rng, padding=1)
+    pk, _ = _save_both(m, tmp_path, "brief_sym")
+    x = r32(rng, 2, 9, 4, scale=1.0)
+    em = from_keras(pk)
+    np.testing.assert_allclose(em.run(x)[0], np.asarray(m.predict(x, verbose=0)), atol=TOL, rtol=0)
+    with pytest.raises(StreamingError, match="ZeroPadding1D"):
+        LayerStream(em)
+
+
+def _keras_variety(K):
+    L = K.layers
+    return {
+        "conv_same_stride": [L.Conv1D(6, 4, strides=2, padding="same", activation="tanh"), L.GRU(4)],
+        "conv_valid_groups": [L.Conv1D(6, 3, groups=2, use_bias=False, activation="swish"),
+                              L.LayerNormalization(epsilon=1e-5), L.GRU(4, return_sequences=True),
+                              L.GlobalAveragePooling1D()],
+        "conv_same_dilated": [L.Conv1D(4, 3, padding="same", dilation_rate=3, activation="gelu"),
+                              L.BatchNormalization(center=False), L.LeakyReLU(), L.GlobalMaxPooling1D()],
+        "pool_same_sym": [L.AveragePooling1D(3, strides=1, padding="same"), L.MaxPooling1D(3, 2, padding="same"),
+                          L.GRU(4, return_sequences=True), L.ELU(alpha=0.7), L.Softmax()],
+        "flatten_reshape": [L.Conv1D(4, 2, activation="elu"), L.GRU(5), L.Flatten(), L.Reshape((5,)),
+                            L.BatchNormalization(scale=False), L.ReLU(), L.Dense(3, activation="selu"),
+                            L.LayerNormalization(center=False)],
+        "depthwise_separable": [L.DepthwiseConv1D(3, depth_multiplier=2, padding="same", activation="relu"),
+                                L.SeparableConv1D(5, 3, strides=2, padding="same", activation="tanh"),
+                                L.SeparableConv1D(4, 2, dilation_rate=2, use_bias=False), L.GRU(3)],
+        "activations": [L.Conv1D(5, 1, activation="hard_sigmoid"), L.Activation("softplus"), L.Activation("softsign"),
+                        L.Activation("leaky_relu"), L.ReLU(negative_slope=0.1), L.Reshape((-1, 5)),
+                        L.GRU(3, return_sequences=True), L.Activation("selu")],
+    }
+
+
+@pytest.mark.parametrize("case", ["conv_same_stride", "conv_valid_groups", "conv_same_dilated", "pool_same_sym",
+                                  "flatten_reshape", "depthwise_separable", "activations"])
+def test_keras_layer_options(K, rng, tmp_path, case):
+    from converters.keras_io import from_keras
+
+    layers = _keras_variety(K)[case]
+    m = K.Sequential([K.Input((None, 4)), *layers])
+    _bn_stats(m, rng)
+    for w in m.weights:
+        if "bias" in w.path or "depthwise" in w.path or "pointwise" in w.path:
+            w.assign(rng.standard_normal(tuple(w.shape)).astype(F32) * 0.4)
+    pk = os.path.join(tmp_path, f"{case}.keras")
+    m.save(pk)
+    x = r32(rng, 2, 12, 4, scale=1.0)
+    ref = np.asarray(m.predict(x, verbose=0))
+    for p in (pk,):
+        y = from_keras(p).run(x)[0]
+        assert y.shape == ref.shape
+        np.testing.assert_allclose(y, ref, atol=TOL, rtol=0, err_msg=f"{case} {p}")
+
+
+def test_keras_masked_global_average(K, rng, tmp_path):
+    """Embedding(mask_zero) -> GRU -> GlobalAveragePooling1D averages the unmasked steps (Keras)."""
+    from converters.keras_io import from_keras
+
+    L = K.layers
+    m = K.Sequential([K.Input((None,), dtype="int32"), L.Embedding(9, 4, mask_zero=True),
+                      L.GRU(5, return_sequences=True), L.GlobalAveragePooling1D(), L.Dense(2)])
+    pk, _ = _save_both(m, tmp_path, "masked_gap")
+    ids = np.array([[3, 1, 4, 1, 5, 0, 0], [2, 7, 0, 0, 0, 0, 0]], np.int64)
+    np.testing.assert_allclose(from_keras(pk).run(ids)[0], np.asarray(m.predict(ids, verbose=0)), atol=TOL, rtol=0)
+
+
+def test_keras_activation_formulas(K, rng):
+    """keras.activations (Keras 3 defaults) == the engine's Activation kernels."""
+    x = np.linspace(-6, 6, 49).astype(F32)[None, None, :]
+    for name in ("linear", "relu", "tanh", "sigmoid", "hard_sigmoid", "softmax", "elu", "selu", "gelu", "swish",
+                 "silu", "softplus", "softsign", "leaky_relu"):
+        ref = np.asarray(K.ops.convert_to_numpy(K.activations.get(name)(K.ops.convert_to_tensor(x))))
+        alpha = {"leaky_relu": 0.2, "elu": 1.0}.get(name, 0.0)
+        y = Model((Activation(name, alpha=alpha),), input_size=49).run(x)[0]
+        np.testing.assert_allclose(y, ref, atol=TOL, rtol=1e-6, err_msg=name)
+
+
+def _edit_keras_config(src, dst, edit):
+    with zipfile.ZipFile(src) as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    cfg = json.loads(files["config.json"])
+    edit(cfg["config"]["layers"])
+    files["config.json"] = json.dumps(cfg).encode()
+    with zipfile.ZipFile(dst, "w") as z:
+        for n, data in files.items():
+            z.writestr(n, data)
+
+
+def test_keras_bad_configurations(K, rng, tmp_path):
+    from converters.keras_io import from_keras
+
+    L = K.layers
+    m = K.Sequential([K.Input((None, 4)), L.Conv1D(6, 3, padding="causal"), L.MaxPooling1D(2), L.GRU(3)])
+    pk = os.path.join(tmp_path, "ok.keras")
+    m.save(pk)
+
+    def conv(layers):
+        return next(la for la in layers if la["class_name"] == "Conv1D")["config"]
+
+    bad = os.path.join(tmp_path, "bad.keras")
+    _edit_keras_config(pk, bad, lambda ls: conv(ls).update(padding="reflect"))
+    with pytest.raises(UnsupportedError, match="padding='reflect'"):
+        from_keras(bad)
+    _edit_keras_config(pk, bad, lambda ls: conv(ls).update(data_format="channels_first"))
+    with pytest.raises(UnsupportedError, match="channels_first"):
+        from_keras(bad)
+    _edit_keras_config(pk, bad, lambda ls: conv(ls).update(filters=7))
+    with pytest.raises(ModelFileError, match="kernel"):
+        from_keras(bad)
+    _edit_keras_config(pk, bad, lambda ls: next(la for la in ls if la["class_name"] == "MaxPooling1D")["config"].update(
+        padding="full"))
+    with pytest.raises(UnsupportedError, match="padding='full'"):
+        from_keras(bad)
+    m2 = K.Sequential([K.Input((None, 4)), L.Conv1D(6, 3), L.LayerNormalization(rms_scaling=True)])
+    p2 = os.path.join(tmp_path, "rms.keras")
+    m2.save(p2)
+    with pytest.raises(UnsupportedError, match="rms_scaling"):
+        from_keras(p2)
+    m3 = K.Sequential([K.Input((None, 4)), L.Conv1D(6, 3), L.Flatten()])
+    p3 = os.path.join(tmp_path, "flat.keras")
+    m3.save(p3)
+    with pytest.raises(UnsupportedError, match="Flatten of a sequence"):
+        from_keras(p3)
+
+
+def test_keras_mask_into_conv_is_refused(K, tmp_path):
+    from converters.keras_io import from_keras
+
+    L = K.layers
+    m = K.Sequential([K.Input((None, 4)), L.Masking(), L.LayerNormalization(), L.Conv1D(3, 2), L.GRU(2)])
+    p = os.path.join(tmp_path, "masked_conv.keras")
+    m.save(p)
+    with pytest.raises(UnsupportedError, match="mask.*Conv1D|Conv1D.*mask"):
+        from_keras(p)
+
+
+def test_keras_bad_shape_chain_model_definition_error(rng):
+    with pytest.raises(ModelDefinitionError, match="expects 4 input features"):
+        Model((Conv1D(kernel=r32(rng, 3, 4, 2)),), input_size=5)
+
+
+# =========================================================================== torch (module capture through ONNX)
+
+
+@pytest.fixture(scope="module")
+def torch():
+    return pytest.importorskip("torch")
+
+
+def _torch_modules(torch):
+    nn = torch.nn
+
+    class ConvGRU(nn.Module):
+        """The issue's torch shape: Conv1d -> ReLU -> GRU (2 layers) -> Linear."""
+
+        def __init__(self, causal=False):
+            super().__init__()
+            self.causal = causal
+            self.conv = nn.Conv1d(4, 8, 3, padding=0 if causal else 1)
+            self.gru = nn.GRU(8, 6, num_layers=2, batch_first=True)
+            self.lin = nn.Linear(6, 3)
+
+        def forward(self, x):
+            h = x.transpose(1, 2)
+            if self.causal:
+                h = nn.functional.pad(h, (2, 0))
+            h = torch.relu(self.conv(h))
+            y, _ = self.gru(h.transpose(1, 2))
+            return self.lin(y)
+
+    class NormPool(nn.Module):
+        """BatchNorm1d, strided dilated grouped conv, pooling, LayerNorm, activations."""
+
+        def __init__(self):
+            super().__init__()
+            self.bn = nn.BatchNorm1d(4)
+            self.conv = nn.Conv1d(4, 8, 3, stride=2, dilation=2, groups=2, padding=2)
+            self.avg = nn.AvgPool1d(3, stride=1, padding=1)
+            self.mx = nn.MaxPool1d(2)
+            self.gru = nn.GRU(8, 5, batch_first=True)
+            self.ln = nn.LayerNorm(5)
+            self.lin = nn.Linear(5, 2)
+
+        def forward(self, x):
+            h = self.bn(x.transpose(1, 2))
+            h = nn.functional.gelu(self.conv(h))
+            h = self.mx(self.avg(h))
+            y, _ = self.gru(h.transpose(1, 2))
+            return self.lin(nn.functional.silu(self.ln(y)))
+
+    return ConvGRU, NormPool
+
+
+def _randomise_bn(torch, module):
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.running_mean.normal_(0, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.normal_(1, 0.2)
+                m.bias.normal_(0, 0.2)
+    return module.eval()
+
+
+@pytest.mark.parametrize("which", ["conv_gru", "conv_gru_causal", "norm_pool"])
+def test_torch_module_capture(torch, rng, tmp_path, which):
+    """Saved (state dict), reloaded, captured through ONNX, compared with torch and onnxruntime."""
+    import gru_engine
+    from converters.torch_io import from_torch
+
+    ConvGRU, NormPool = _torch_modules(torch)
+    torch.manual_seed(3)
+    make = {"conv_gru": lambda: ConvGRU(), "conv_gru_causal": lambda: ConvGRU(causal=True), "norm_pool": NormPool}[which]
+    src = _randomise_bn(torch, make())
+    path = os.path.join(tmp_path, f"{which}.pt")
+    torch.save(src.state_dict(), path)
+    module = make()
+    module.load_state_dict(torch.load(path, weights_only=True))
+    module.eval()
+    x = r32(rng, 2, 12, 4, scale=1.0)
+    with torch.no_grad():
+        ref = module(torch.from_numpy(x)).numpy()
+    em = from_torch(module, torch.from_numpy(x))
+    kinds = [type(la).__name__ for la in em.layers]
+    assert "Conv1D" in kinds and kinds.count("GRU") == (2 if which != "norm_pool" else 1)
+    y = em.run(x)[0]
+    assert y.shape == ref.shape
+    np.testing.assert_allclose(y, ref, atol=TOL, rtol=0)
+    x2 = r32(rng, 3, 17, 4, scale=1.0)  # other batch and time sizes than the capture
+    with torch.no_grad():
+        np.testing.assert_allclose(em.run(x2)[0], module(torch.from_numpy(x2)).numpy(), atol=TOL, rtol=0)
+    # the engine's own ONNX file, run by onnxruntime and read back
+    out = os.path.join(tmp_path, f"{which}.onnx")
+    gru_engine.save(em, out)
+    sess = ort_session_of(__import__("onnx").load(out))
+    np.testing.assert_allclose(sess.run(None, {"x": x2})[0], em.run(x2)[0], atol=TOL, rtol=0)
+    back = gru_engine.load(out)
+    assert [type(la).__name__ for la in back.layers] == kinds
+    np.testing.assert_allclose(back.run(x2)[0], em.run(x2)[0], atol=0, rtol=0)
+    if which == "conv_gru_causal":  # left padding + valid conv = causal: streams
+        steps, _ = _stream_all(em, x, [1] * x.shape[1])
+        np.testing.assert_allclose(steps, ref, atol=TOL, rtol=0)
+    else:
+        with pytest.raises(StreamingError):
+            LayerStream(em)
+
+
+def test_torch_onnx_file_dynamo(torch, rng, tmp_path):
+    """A dynamo-exported ONNX file of the conv model, read with gru_engine.load."""
+    import gru_engine
+    from converters.torch_io import export_module_onnx
+
+    ConvGRU, _ = _torch_modules(torch)
+    torch.manual_seed(5)
+    module = ConvGRU().eval()
+    x = r32(rng, 2, 9, 4, scale=1.0)
+    p = os.path.join(tmp_path, "dyn.onnx")
+    with open(p, "wb") as f:
+        f.write(export_module_onnx(module, torch.from_numpy(x), dynamo=True))
+    em = gru_engine.load(p)
+    with torch.no_grad():
+        np.testing.assert_allclose(em.run(x)[0], module(torch.from_numpy(x)).numpy(), atol=TOL, rtol=0)
+
+
+def test_full_models_to_onnx_onnxruntime(rng, tmp_path):
+    """gru_engine.save of models mixing these layers with GRUs: onnxruntime == engine, and reload."""
+    import gru_engine
+
+    for k, layers in enumerate(_streamable_models(rng) + [_export_cases(rng)[12]]):
+        model = Model(tuple(layers), input_size=3)
+        out = os.path.join(tmp_path, f"m{k}.onnx")
+        gru_engine.save(model, out)
+        x = r32(rng, 2, 13, 3, scale=1.0)
+        got = ort_session_of(__import__("onnx").load(out)).run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, model.run(x)[0], atol=TOL, rtol=0, err_msg=model.summary())
+        back = gru_engine.load(out)
+        np.testing.assert_allclose(back.run(x)[0], model.run(x)[0], atol=0, rtol=0)
