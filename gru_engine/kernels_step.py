@@ -205,27 +205,27 @@ def _axpy_rows(P, o, n, C, v, acc, c0, c1):
     """acc[c0:c1] += v @ A[:, c0:c1] for A = P[o : o + n*C] as (n, C) rows, v (n,).
 
     Rows scaled and summed, four rows per pass so each load/store of ``acc`` carries four
-    FMAs. Rows are taken as 1-D slices (no reshape call); LLVM vectorises the j loop.
+    FMAs. Unsigned indices: numba adds no negative-index wraparound, so LLVM vectorises
+    the j loop over the flat buffer (no views, no reshape call).
     """
     n4 = n - n % 4
+    Cu = np.uint64(C)
     for k in range(0, n4, 4):
         v0 = v[k]
         v1 = v[k + 1]
         v2 = v[k + 2]
         v3 = v[k + 3]
-        r = o + k * C
-        a0 = P[r : r + C]
-        a1 = P[r + C : r + 2 * C]
-        a2 = P[r + 2 * C : r + 3 * C]
-        a3 = P[r + 3 * C : r + 4 * C]
-        for j in range(c0, c1):
-            acc[j] += (v0 * a0[j] + v1 * a1[j]) + (v2 * a2[j] + v3 * a3[j])
+        r0 = np.uint64(o + k * C)
+        r1 = r0 + Cu
+        r2 = r1 + Cu
+        r3 = r2 + Cu
+        for j in range(np.uint64(c0), np.uint64(c1)):
+            acc[j] += (v0 * P[r0 + j] + v1 * P[r1 + j]) + (v2 * P[r2 + j] + v3 * P[r3 + j])
     for k in range(n4, n):
         vk = v[k]
-        r = o + k * C
-        ak = P[r : r + C]
-        for j in range(c0, c1):
-            acc[j] += vk * ak[j]
+        r = np.uint64(o + k * C)
+        for j in range(np.uint64(c0), np.uint64(c1)):
+            acc[j] += vk * P[r + j]
 
 
 @njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)

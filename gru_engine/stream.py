@@ -526,7 +526,7 @@ class StreamPool:
     parallel_threshold : calls with at least this many rows spread them over threads.
     """
 
-    def __init__(self, model: Model, capacity: int, parallel_threshold: int = 64):
+    def __init__(self, model: Model, capacity: int, parallel_threshold: int = 256):
         if not isinstance(capacity, (int, np.integer)) or isinstance(capacity, bool) or capacity < 1:
             raise InputShapeError(f"capacity must be a positive integer, got {capacity!r}")
         self.model = model
