@@ -332,8 +332,9 @@ class DeviceModel:
         """Run whole sequences on the GPU; same contract as :func:`gru_engine.api.run`.
 
         Returns ``(y, h_n)`` as NumPy arrays, or as numba device arrays when ``x`` was a
-        device array. ``recurrence``: "auto", "persistent" (one launch per layer, state in
-        shared memory) or "stepwise" (launches per step, one tiled product over all rows).
+        device array. ``recurrence``: "auto", "persistent" (one launch per layer, states in
+        shared memory, 1 to RBMAX rows per block) or "stepwise" (launches per step, one
+        tiled product over all rows); see :func:`gru_engine.kernels_cuda.plan_recurrence`.
         """
         if recurrence not in ("auto", "persistent", "stepwise"):
             raise ValueError(f"recurrence must be 'auto', 'persistent' or 'stepwise', got {recurrence!r}")
@@ -441,17 +442,14 @@ class DeviceModel:
         XP = ws.get(("xp", i), (B * T, D * 3 * H), dtype)
         K.matmul(ks, x.reshape(B * T, I), p.WT, p.bx, XP)
         Y = ws.get(("y", i), (B * T, D * H), dtype)
-        if recurrence == "auto":
-            persistent = K.persistent_fits(dtype, B, D, H)
-        else:
-            persistent = recurrence == "persistent"
-            if persistent and 4 * H * dtype.itemsize > K.PERSISTENT_MAX_SHARED:
-                raise UnsupportedError(
-                    f"GRU layer {i}: recurrence='persistent' needs hidden_size <= "
-                    f"{K.PERSISTENT_MAX_SHARED // (4 * dtype.itemsize)} in {dtype}, got {H}; use 'stepwise'"
-                )
+        rb = K.plan_recurrence(dtype, B, D, H, recurrence)
+        if rb == 0 and recurrence == "persistent":
+            raise UnsupportedError(
+                f"GRU layer {i}: recurrence='persistent' needs hidden_size <= "
+                f"{K.PERSISTENT_MAX_SHARED // (4 * dtype.itemsize)} in {dtype}, got {H}; use 'stepwise'"
+            )
         scratch = {}
-        if not persistent:
+        if rb == 0:
             scratch = dict(
                 G=ws.get(("g", i), (B, 3 * H), dtype),
                 RH=ws.get(("rh", i), (B, H), dtype),
@@ -460,7 +458,7 @@ class DeviceModel:
         K.gru_recurrence(
             ks, XP, p.RT, p.Rb_h, state, mask if mask is not None else self._no_mask, mask is not None,
             p.rev0, p.lbr, p.acts, p.clip, from_lengths or layer.masked_output == "zero", from_lengths,
-            layer.time_reversed_output, Y, T, persistent=persistent, **scratch,
+            layer.time_reversed_output, Y, T, rows_per_block=rb, **scratch,
         )
         if layer.return_sequences:
             if D == 1 or layer.merge == "concat":

@@ -45,13 +45,15 @@ TILE = 16 if TPB >= 128 else 4
 #: Most blocks of a 1-D grid-stride launch (each thread then loops over the rest).
 MAX_BLOCKS = 4096
 #: Largest shared memory (bytes) the persistent kernel may ask for per block (CUDA's
-#: static default; 4*H values: H <= 3072 in float32, 1536 in float64).
+#: static default; 4*H values per row: H <= 3072 in float32, 1536 in float64).
 PERSISTENT_MAX_SHARED = 48 * 1024
-#: Most blocks (batch rows x directions) for which the persistent kernel is chosen: it
-#: reads all of R from L2 once per block and step, so many rows are better served by one
-#: tiled matrix product per step that reuses each weight tile across rows. Not tuned on
-#: a GPU yet.
+#: Blocks of the persistent kernel before it packs several rows into a block: each block
+#: reads all of R once per step, so beyond RBMAX rows per block one tiled matrix product
+#: per step (which reuses each weight tile across 16 rows) takes over. Not tuned on a GPU.
 PERSISTENT_MAX_BLOCKS = 128
+
+#: Most batch rows one block of the persistent kernel runs (a compile-time loop bound).
+RBMAX = 4
 
 _KERNELS: dict = {}
 KERNEL_NAMES = (
@@ -90,6 +92,7 @@ def _build(np_dtype, record=None):  # noqa: C901 - one closure per dtype, kernel
     GELU_K = np_dtype.type(0.044715)
     SIXTH = np_dtype.type(1.0 / 6.0)
     tile = TILE
+    rbmax = RBMAX
 
     def jit(sig=None, device=False):
         if device:
@@ -215,31 +218,42 @@ def _build(np_dtype, record=None):  # noqa: C901 - one closure per dtype, kernel
     # ----------------------------------------------------------------- recurrence
     @jit(
         f"void({t}[:, ::1], {t}[:, :, ::1], {t}[:, ::1], {t}[:, :, ::1], uint8[:, ::1], int64, int64,"
-        f" int64, {t}[:, ::1], {t}, int64, int64, int64, {t}[:, ::1], int64)"
+        f" int64, {t}[:, ::1], {t}, int64, int64, int64, {t}[:, ::1], int64, int64)"
     )
     def gru_persistent(XP, RT, Rb_h, h, mask, use_mask, rev0, lbr, acts, clip,
-                       zero_invalid, empty_zero, time_rev_out, Y, T):
-        """All T steps of one (batch row, direction) per block: block (b, d), state in shared memory.
+                       zero_invalid, empty_zero, time_rev_out, Y, T, RB):
+        """All T steps of a tile of RB (<= RBMAX) batch rows of one direction per block.
 
+        Block (blk, d) runs rows ``blk*RB ..`` of direction d, its states in shared memory
+        across all steps; each recurrent weight read from memory serves the RB rows.
         ONNX GRU equations, gates z, r, h:
           z = f(xp_z + R_z h),  r = f(xp_r + R_r h)
           h~ = g(xp_h + r * (R_h h + Rb_h))   when lbr = 1
           h~ = g(xp_h + R_h (r * h))          when lbr = 0 (Rb_h folded into xp_h)
           h  = (1 - z) * h~ + z * h
         Direction d runs backwards in time when d == 1 or rev0 (a "reverse" layer).
-        A masked step keeps the state and writes 0 (zero_invalid) or the state (Keras
+        A masked step keeps the row's state and writes 0 (zero_invalid) or the state (Keras
         carry). empty_zero: a row without a valid step ends with h = 0 (onnxruntime,
         length 0). time_rev_out: a backward direction writes step t's output at T-1-t.
-        Dynamic shared memory: 4H values, [0,H) h, [H,2H) z, [2H,3H) r / r*h, [3H,4H) h~.
-        Every thread of a block takes the same branches around each syncthreads (the
-        mask is per row, and a block is one row).
+        Dynamic shared memory: 4H values per row r at r*4H: [0,H) h, [H,2H) z,
+        [2H,3H) r / r*h, [3H,4H) h~. The time step t is the same for every row of a block
+        and every thread computes the same row flags, so all threads of a block take the
+        same branches around each syncthreads. Loops over rows run to the constant RBMAX
+        (guarded) so that the accumulators can live in registers.
         """
         sh = cuda.shared.array(0, nbdt)
-        b = cuda.blockIdx.x
+        acc = cuda.local.array(rbmax, nbdt)
+        valid = cuda.local.array(rbmax, types.uint8)
+        seen = cuda.local.array(rbmax, types.uint8)
         d = cuda.blockIdx.y
         tid = cuda.threadIdx.x
         nt = cuda.blockDim.x
         H = RT.shape[1]
+        H4 = 4 * H
+        b0 = cuda.blockIdx.x * RB
+        nr = h.shape[1] - b0
+        if nr > RB:
+            nr = RB
         xo = d * 3 * H
         yo = d * H
         reverse = d == 1 or rev0 != 0
@@ -251,54 +265,85 @@ def _build(np_dtype, record=None):  # noqa: C901 - one closure per dtype, kernel
         ga = acts[d, 4]
         gb = acts[d, 5]
         nrows = 3 * H if lbr != 0 else 2 * H
-        for j in range(tid, H, nt):
-            sh[j] = h[d, b, j]
+        for r in range(rbmax):
+            seen[r] = 0
+            if r < nr:
+                for j in range(tid, H, nt):
+                    sh[r * H4 + j] = h[d, b0 + r, j]
         cuda.syncthreads()
-        any_valid = False
         for s in range(T):
             t = T - 1 - s if reverse else s
             to = T - 1 - t if tro else t
-            yrow = b * T + to
-            xrow = b * T + t
-            if use_mask != 0 and mask[b, t] == 0:
-                for j in range(tid, H, nt):
-                    Y[yrow, yo + j] = ZERO if zero_invalid != 0 else sh[j]
+            nvalid = 0
+            for r in range(rbmax):
+                v = 0
+                if r < nr and (use_mask == 0 or mask[b0 + r, t] != 0):
+                    v = 1
+                valid[r] = v
+                nvalid += v
+                if v != 0:
+                    seen[r] = 1
+            # masked rows keep their state: write their output now
+            for r in range(rbmax):
+                if r < nr and valid[r] == 0:
+                    yrow = (b0 + r) * T + to
+                    for j in range(tid, H, nt):
+                        Y[yrow, yo + j] = ZERO if zero_invalid != 0 else sh[r * H4 + j]
+            if nvalid == 0:
                 continue
-            any_valid = True
             for j in range(tid, nrows, nt):
-                acc = ZERO
+                for r in range(rbmax):
+                    acc[r] = ZERO
                 for k in range(H):
-                    acc += RT[d, k, j] * sh[k]
-                sh[H + j] = acc
+                    w = RT[d, k, j]
+                    for r in range(rbmax):
+                        if r < nr:
+                            acc[r] += w * sh[r * H4 + k]
+                for r in range(rbmax):
+                    if r < nr:
+                        sh[r * H4 + H + j] = acc[r]
             cuda.syncthreads()
-            if lbr != 0:
-                for j in range(tid, H, nt):
-                    z = rnn_act(fc, XP[xrow, xo + j] + sh[H + j], fa, fb, clip)
-                    r = rnn_act(fc, XP[xrow, xo + H + j] + sh[2 * H + j], fa, fb, clip)
-                    ht = rnn_act(gc, XP[xrow, xo + 2 * H + j] + r * (sh[3 * H + j] + Rb_h[d, j]), ga, gb, clip)
-                    hn = (ONE - z) * ht + z * sh[j]
-                    sh[j] = hn
-                    Y[yrow, yo + j] = hn
-            else:
+            if lbr == 0:
                 for k in range(tid, H, nt):
-                    r = rnn_act(fc, XP[xrow, xo + H + k] + sh[2 * H + k], fa, fb, clip)
-                    sh[2 * H + k] = r * sh[k]
+                    for r in range(rbmax):
+                        if r < nr:
+                            o = r * H4
+                            xrow = (b0 + r) * T + t
+                            rg = rnn_act(fc, XP[xrow, xo + H + k] + sh[o + 2 * H + k], fa, fb, clip)
+                            sh[o + 2 * H + k] = rg * sh[o + k]
                 cuda.syncthreads()
                 for j in range(tid, H, nt):
-                    acc = ZERO
+                    for r in range(rbmax):
+                        acc[r] = ZERO
                     for k in range(H):
-                        acc += RT[d, k, 2 * H + j] * sh[2 * H + k]
-                    sh[3 * H + j] = acc
+                        w = RT[d, k, 2 * H + j]
+                        for r in range(rbmax):
+                            if r < nr:
+                                acc[r] += w * sh[r * H4 + 2 * H + k]
+                    for r in range(rbmax):
+                        if r < nr:
+                            sh[r * H4 + 3 * H + j] = acc[r]
                 cuda.syncthreads()
-                for j in range(tid, H, nt):
-                    z = rnn_act(fc, XP[xrow, xo + j] + sh[H + j], fa, fb, clip)
-                    ht = rnn_act(gc, XP[xrow, xo + 2 * H + j] + sh[3 * H + j], ga, gb, clip)
-                    hn = (ONE - z) * ht + z * sh[j]
-                    sh[j] = hn
-                    Y[yrow, yo + j] = hn
+            for j in range(tid, H, nt):
+                for r in range(rbmax):
+                    if r < nr and valid[r] != 0:
+                        o = r * H4
+                        xrow = (b0 + r) * T + t
+                        z = rnn_act(fc, XP[xrow, xo + j] + sh[o + H + j], fa, fb, clip)
+                        if lbr != 0:
+                            rg = rnn_act(fc, XP[xrow, xo + H + j] + sh[o + 2 * H + j], fa, fb, clip)
+                            pre = XP[xrow, xo + 2 * H + j] + rg * (sh[o + 3 * H + j] + Rb_h[d, j])
+                        else:
+                            pre = XP[xrow, xo + 2 * H + j] + sh[o + 3 * H + j]
+                        ht = rnn_act(gc, pre, ga, gb, clip)
+                        hn = (ONE - z) * ht + z * sh[o + j]
+                        sh[o + j] = hn
+                        Y[(b0 + r) * T + to, yo + j] = hn
             cuda.syncthreads()
-        for j in range(tid, H, nt):
-            h[d, b, j] = ZERO if (empty_zero != 0 and not any_valid) else sh[j]
+        for r in range(rbmax):
+            if r < nr:
+                for j in range(tid, H, nt):
+                    h[d, b0 + r, j] = ZERO if (empty_zero != 0 and seen[r] == 0) else sh[r * H4 + j]
 
     @jit(f"void({t}[:, ::1], {t}[:, ::1], {t}[:, :, ::1], {t}[:, ::1], {t}[:, ::1], {t}, int64, int64, int64, int64)")
     def step_reset(XP, G, h, RH, acts, clip, d, xo, t, T):
@@ -527,16 +572,31 @@ def fill(ks, a, value=0.0):
     launch_1d(ks.fill, a.size, flat, ks.dtype.type(value))
 
 
-def persistent_fits(dtype, B: int, D: int, H: int) -> bool:
-    """Whether the persistent kernel suits B rows x D directions of hidden size H."""
-    return 4 * H * np.dtype(dtype).itemsize <= PERSISTENT_MAX_SHARED and B * D <= PERSISTENT_MAX_BLOCKS
+def plan_recurrence(dtype, B: int, D: int, H: int, recurrence: str = "auto") -> int:
+    """Rows per block of the persistent kernel for B rows x D directions of hidden size H, or 0
+    for per-step launches.
+
+    "auto": one row per block while ``B * D <= PERSISTENT_MAX_BLOCKS``, then up to RBMAX rows
+    per block (each weight read serves them all), as long as the blocks' states fit in
+    shared memory; beyond that, per-step launches. "persistent" forces the kernel (rows
+    per block as "auto" would pick, at most what fits), "stepwise" the per-step path.
+    """
+    per_row = 4 * H * np.dtype(dtype).itemsize
+    fit = min(RBMAX, PERSISTENT_MAX_SHARED // per_row)
+    if recurrence == "stepwise" or fit < 1:
+        return 0
+    rb = max(1, -(-(B * D) // PERSISTENT_MAX_BLOCKS))
+    if rb > fit:
+        return min(fit, RBMAX) if recurrence == "persistent" else 0
+    return rb
 
 
 def gru_recurrence(ks, XP, RT, Rb_h, h, mask, use_mask, rev0, lbr, acts, clip, zero_invalid,
-                   empty_zero, time_rev_out, Y, T, *, persistent, G=None, RH=None, seen=None):
+                   empty_zero, time_rev_out, Y, T, *, rows_per_block, G=None, RH=None, seen=None):
     """Run the recurrence of one GRU layer (all directions) over T steps.
 
-    persistent: one launch, block (b, d) keeps its state in shared memory across steps.
+    rows_per_block > 0: one launch of the persistent kernel, block (blk, d) keeps the states
+    of rows_per_block rows in shared memory across steps (see :func:`plan_recurrence`).
     Otherwise per-step launches: ``G = h @ RT`` as one tiled matrix product over all rows
     (weights reused across rows), then the gates (lbr = 0: r*h, a second product, then
     the update). The per-step path needs scratch G (B, 3H), RH (B, H), seen (B,) uint8.
@@ -550,12 +610,13 @@ def gru_recurrence(ks, XP, RT, Rb_h, h, mask, use_mask, rev0, lbr, acts, clip, z
             fill(ks, h, 0.0)
         return
     flags = (int(use_mask), int(rev0), int(lbr))
-    if persistent:
-        shared = 4 * H * ks.dtype.itemsize
+    if rows_per_block > 0:
+        rb = int(rows_per_block)
+        shared = rb * 4 * H * ks.dtype.itemsize
         threads = min(1024, TPB * max(1, -(-H // TPB)))  # >= H threads when possible: one per unit
-        ks.gru_persistent[(B, D), threads, 0, shared](
+        ks.gru_persistent[((B + rb - 1) // rb, D), threads, 0, shared](
             XP, RT, Rb_h, h, mask, *flags, acts, dt(clip), int(zero_invalid), int(empty_zero),
-            int(time_rev_out), Y, T,
+            int(time_rev_out), Y, T, rb,
         )
         return
     launch_1d(ks.fill_u8, B, seen, np.uint8(0))

@@ -160,16 +160,39 @@ def test_gru_cases_per_step_launches_vs_cpu(gru_opts, run_opts):
 
 
 @needs_cuda
-def test_auto_picks_a_path_and_matches_cpu(monkeypatch):
+@pytest.mark.parametrize(
+    "gru_opts,run_opts", [c[1:] for c in CASES if c[0] in STEPWISE], ids=[c[0] for c in CASES if c[0] in STEPWISE]
+)
+def test_gru_cases_persistent_kernel_with_row_tiles_vs_cpu(gru_opts, run_opts, monkeypatch):
     from gru_engine import kernels_cuda
 
+    # 2 blocks wanted for B*D = 3 or 6 rows: tiles of 2 (+ a partial tile of 1) or 3 rows
+    monkeypatch.setattr(kernels_cuda, "PERSISTENT_MAX_BLOCKS", 2)
+    run_case(gru_opts, run_opts, "auto")
+
+
+@needs_cuda
+def test_plan_recurrence_and_auto_paths_match_cpu(monkeypatch):
+    from gru_engine import kernels_cuda as K
+
+    f4 = np.float32
+    assert K.plan_recurrence(f4, 3, 2, 5) == 1
+    assert K.plan_recurrence(f4, 3, 2, 5, "stepwise") == 0
+    assert K.plan_recurrence(f4, 4096, 1, 64) == 0  # too many rows: per-step products
+    assert K.plan_recurrence(f4, 4096, 1, 64, "persistent") == K.RBMAX
+    assert K.plan_recurrence(f4, 1, 1, 4096) == 0  # state does not fit in shared memory
+    assert K.plan_recurrence(np.float64, 1, 1, 1536) == 1 and K.plan_recurrence(np.float64, 1, 1, 1537) == 0
     model, x, kw = build_case(dict(direction="bidirectional", linear_before_reset=1), dict(lengths=True))
     want_y, want_h = model.run(x, **kw)
-    for limit in (1000, 1):  # 1: B*D = 6 blocks exceed it, so "auto" goes per step
-        monkeypatch.setattr(kernels_cuda, "PERSISTENT_MAX_BLOCKS", limit)
+    for limit, rb in ((1000, 1), (4, 2), (2, 3), (1, 0)):  # B*D = 6 rows
+        monkeypatch.setattr(K, "PERSISTENT_MAX_BLOCKS", limit)
+        assert K.plan_recurrence(f4, 3, 2, 5) == rb
         got_y, got_h = model.run(x, device="cuda", **kw)
         assert_close(got_y, want_y, model.dtype, f"y (limit {limit})")
         assert_close(got_h, want_h, model.dtype, f"h_n (limit {limit})")
+    with pytest.raises(NotImplementedError, match="recurrence='persistent' needs hidden_size"):
+        Model((GRU(W=np.zeros((1, 3 * 4096, 1), f4), R=np.zeros((1, 3 * 4096, 4096), f4)),)).to("cuda").run(
+            np.zeros((1, 1, 1), f4), recurrence="persistent")
 
 
 # --------------------------------------------------------------------------- whole models
