@@ -166,7 +166,13 @@ class DeviceModel:
         self.model = model
         self.dtype = model.dtype
         self._cuda = cuda
-        self._ks = kernels_cuda.kernels(self.dtype)
+        try:
+            self._ks = kernels_cuda.kernels(self.dtype)
+        except Exception as e:  # e.g. numba-cuda without NVVM/NVRTC (the [cu12] extra brings them)
+            raise DeviceError(
+                f"the CUDA kernels must compile on this machine, got {type(e).__name__}: "
+                f"{' '.join(str(e).split())[:300]}; fix: {FIX_HINT}"
+            ) from e
         packed = []
         for i, layer in enumerate(model.layers):
             if isinstance(layer, GRU):
