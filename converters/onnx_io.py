@@ -728,11 +728,12 @@ class _Filled:
 @dataclass
 class _Seq:
     axes: tuple  # labels: "x0", "x1" (graph input dims, bound later), "T", "B", "F", "D", "H", "1"
-    chain: tuple  # layers / ("gru", index, return_sequences)
+    chain: tuple  # layers / ("gru", index, return_sequences, merge, time_reversed_output)
     sizes: dict  # label -> int for "F", "D", "H"
     tokens: bool = False
     gru: int | None = None  # for Y (has "D") / Y_h (no "T"): the GRU's index
-    dsel: tuple | None = None  # Y_h directions selected and concatenated on "H"
+    dsel: tuple | None = None  # Y_h directions selected and concatenated on "H"; Y: the direction sliced
+    tflip: bool = False  # a Y direction with its time axis reversed (Keras go_backwards)
 
 
 @dataclass
@@ -766,6 +767,7 @@ _GLUE_OPS = (
     "Constant", "Identity", "Dropout", "Cast", "CastLike", "Shape", "Size", "Gather", "Squeeze", "Unsqueeze",
     "Concat", "Slice", "Reshape", "Flatten", "Transpose", "ConstantOfShape", "Expand", "Mul", "Add", "Sub",
     "Div", "Neg", "Range", "Equal", "Where", "Not", "Less", "Greater", "Max", "Min", "Abs", "ReduceProd",
+    "ReduceSum",
 )
 _LAYER_OPS = ("GRU", "MatMul", "Gemm", "Softmax")
 _UNARY = {
@@ -1292,14 +1294,14 @@ class _Interp:
         axes = ("B", "H") if base is None else base.axes[:axis] + base.axes[axis + 1:]
         if base is None and layout == 1:
             axes = ("B", "H")
-        v = _Seq(axes, self.grus[g]["chain_before"] + (("gru", g, True),), {"H": H}, gru=g, dsel=(d,))
+        v = _Seq(axes, self.grus[g]["chain_before"] + (_entry(g),), {"H": H}, gru=g, dsel=(d,))
         return self.maybe_yh_data(v)
 
     def maybe_yh_data(self, v: _Seq):
         """A Y_h value whose directions are all selected, in order, becomes the last-step output."""
         D = self.grus[v.gru]["layer"].num_directions
         if v.dsel is not None and tuple(v.dsel) == tuple(range(D)):
-            chain = self.grus[v.gru]["chain_before"] + (("gru", v.gru, False),)
+            chain = self.grus[v.gru]["chain_before"] + (_entry(v.gru, False),)
             axes = tuple("F" if a == "H" else a for a in v.axes)
             return _Seq(axes, chain, {"F": D * v.sizes["H"]})
         return v
@@ -1319,7 +1321,7 @@ class _Interp:
                                    f"reverse direction and has no canonical form; use h_n (Y_h) instead")
         if info["lengths"] is not None:
             self.unsupported(node, "selecting the last time step of a GRU with sequence_lens is not supported")
-        new = chain[:k] + (("gru", g, False),) + chain[k + 1:]
+        new = chain[:k] + (("gru", g, False) + chain[k][3:],) + chain[k + 1:]
         axes = v.axes[:ax] + (("1",) if keep else ()) + v.axes[ax + 1:]
         return _Seq(axes, new, dict(v.sizes))
 
@@ -1404,6 +1406,14 @@ class _Interp:
                 d = tuple(x for v in ins for x in v.dsel)
                 out = dataclasses.replace(ins[0], dsel=d)
                 return self.maybe_yh_data(out)
+        if len(ins) == 2 and all(isinstance(v, _Seq) and v.gru is not None and "T" in v.axes and "D" in v.axes
+                                 and v.dsel is not None for v in ins):
+            a, b = ins
+            n = len(a.axes)
+            if a.gru == b.gru and a.axes == b.axes and a.axes[axis % n] == "D" and (a.dsel, b.dsel) == ((0,), (1,)) \
+                    and not a.tflip:
+                full = dataclasses.replace(a, dsel=None, tflip=False, sizes={**a.sizes, "D": 2})
+                return self.with_entry(node, full, trev=b.tflip)
         if all(isinstance(v, _Filled) for v in ins) and len({v.value for v in ins}) == 1:
             return _Filled(None, ins[0].value, ins[0].dtype)
         self.unsupported(node, "Concat is supported on shapes, on GRU final states (h_n) and on the two "
@@ -1457,6 +1467,18 @@ class _Interp:
             if lab == "T" and st == 1 and s == -1 and e >= _INT_MAX // 2:
                 out = self.last_step(node, out, ax, keep=True)
                 continue
+            if lab == "D" and st == 1 and out.gru is not None and "T" in out.axes and out.dsel is None \
+                    and e == s + 1 and 0 <= s < out.sizes["D"]:
+                out = dataclasses.replace(out, dsel=(s,), sizes={**out.sizes, "D": 1})
+                continue
+            if lab == "T" and st == -1 and s == -1 and e <= -(_INT_MAX // 2) and out.gru is not None and "D" in out.axes:
+                layer = self.grus[out.gru]["layer"]
+                if out.dsel == (1,) or (out.dsel is None and layer.direction == "reverse"):
+                    out = dataclasses.replace(out, tflip=not out.tflip)
+                    if out.dsel is None:
+                        out = self.with_entry(node, out, trev=out.tflip)
+                        out = dataclasses.replace(out, tflip=False)
+                    continue
             self.unsupported(node, f"Slice [{s}:{e}:{st}] on axis {lab!r} of the data is not supported "
                                    f"(supported: the last time step [-1:], whole axes)")
         return out
@@ -1648,6 +1670,11 @@ class _Interp:
                     float(np.asarray(fa).reshape(-1)[0]), float(np.asarray(fb).reshape(-1)[0]))
             shape = a.shape if isinstance(a, _Filled) else b.shape
             return _Filled(shape, float(r), (a if isinstance(a, _Filled) else b).dtype)
+        if name == "mul":
+            for u, c in ((a, b), (b, a)):
+                if isinstance(u, _Seq) and isinstance(c, np.ndarray) and c.size == 1 and float(c.reshape(-1)[0]) == 0.5 \
+                        and u.chain and isinstance(u.chain[-1], tuple) and u.chain[-1][3] == "sum":
+                    return self.with_entry(node, u, merge="ave")
         ea, eb = self.expr_of(a, node), self.expr_of(b, node)
         if ea is not None and eb is not None:
             if ea[0] is not None and eb[0] is not None and not _same_base(ea[0], eb[0]):
@@ -1730,13 +1757,45 @@ class _Interp:
                 self.unsupported(node, f"symbolic shape arithmetic {x} {name} {y} is not supported")
         return self.shp(out, scalar=sa and sb)
 
+    def with_entry(self, node, v: _Seq, **changes) -> _Seq:
+        """``v`` with its chain's last GRU entry changed (rs / merge / trev)."""
+        e = v.chain[-1] if v.chain else None
+        if not (isinstance(e, tuple) and e[0] == "gru"):
+            self.unsupported(node, "this is supported only directly on a GRU output")
+        rs, merge, trev = changes.get("rs", e[2]), changes.get("merge", e[3]), changes.get("trev", e[4])
+        return dataclasses.replace(v, chain=v.chain[:-1] + (_entry(e[1], rs, merge, trev),))
+
     def op_ReduceProd(self, node, ins):
         v = ins[0]
         if isinstance(v, _Shp):
             kd = self.attrs(node).get("keepdims", 1)
             p = _prod(list(v.elems))
             return self.shp([p], scalar=not kd)
-        self.unsupported(node, "ReduceProd is supported on shapes only")
+        return self.merge_directions(node, ins, "mul")
+
+    def op_ReduceSum(self, node, ins):
+        return self.merge_directions(node, ins, "sum")
+
+    def merge_directions(self, node, ins, merge):
+        """ReduceSum / ReduceProd over the direction axis of a bidirectional GRU's Y or Y_h."""
+        v = ins[0]
+        a = self.attrs(node)
+        axes = self.axes_of(node, 1)
+        if not isinstance(v, _Seq) or v.gru is None or "D" not in v.axes or v.dsel is not None or axes is None \
+                or len(axes) != 1 or a.get("keepdims", 1) or v.sizes.get("D") != 2:
+            self.unsupported(node, f"{node.op_type} is supported over the direction axis of a bidirectional GRU "
+                                   f"output (keepdims=0), and on shapes")
+        ax = axes[0] % len(v.axes)
+        if v.axes[ax] != "D":
+            self.unsupported(node, f"{node.op_type} over axis {v.axes[ax]!r} is not supported (only directions)")
+        axes_out = tuple("F" if x == "H" else x for i, x in enumerate(v.axes) if i != ax)
+        H = v.sizes["H"]
+        if "T" in v.axes:
+            out = self.with_entry(node, v, merge=merge)
+        else:  # Y_h: the last-step output
+            chain = self.grus[v.gru]["chain_before"] + (_entry(v.gru, False, merge),)
+            out = dataclasses.replace(v, chain=chain)
+        return _Seq(axes_out, out.chain, {"F": H})
 
     def op_Max(self, node, ins):
         self.unsupported(node, "Max over symbolic shapes is not supported")
@@ -1929,7 +1988,7 @@ class _Interp:
         idx = len(self.grus)
         self.grus.append(dict(layer=layer, chain_before=x.chain, state=state, lengths=lengths, layout=layout,
                               node=node.name))
-        chain = x.chain + (("gru", idx, True),)
+        chain = x.chain + (_entry(idx),)
         sizes = {"D": D, "H": H}
         Y = _Seq(("T", "D", "B", "H") if layout == 0 else ("B", "T", "D", "H"), chain, sizes, gru=idx)
         Y_h = _Seq(("D", "B", "H") if layout == 0 else ("B", "D", "H"), chain, dict(sizes), gru=idx)
@@ -1969,7 +2028,7 @@ class _Interp:
             if not hn_grus:
                 raise UnsupportedError(f"{self.label}: the graph has no output computed from GRU or data")
             last = hn_grus[-1]
-            chain = self.grus[last]["chain_before"] + (("gru", last, True),)
+            chain = self.grus[last]["chain_before"] + (_entry(last),)
         chain_grus = [e[1] for e in chain if isinstance(e, tuple)]
         for o in outs:
             if o[1] == "h_n" and list(o[2].grus) != chain_grus:
@@ -2026,8 +2085,8 @@ class _Interp:
         for e in chain:
             if isinstance(e, tuple):
                 layer = self.grus[e[1]]["layer"]
-                if not e[2]:
-                    layer = dataclasses.replace(layer, return_sequences=False)
+                if not e[2] or e[3] != "concat" or e[4]:
+                    layer = dataclasses.replace(layer, return_sequences=e[2], merge=e[3], time_reversed_output=e[4])
                 layers.append(layer)
             else:
                 layers.append(e)
@@ -2116,6 +2175,11 @@ def _div(a, b, interp):
 
 def _same_base(a: _Seq, b: _Seq) -> bool:
     return a is b or (a.chain == b.chain and a.axes == b.axes)
+
+
+def _entry(idx: int, rs: bool = True, merge: str = "concat", trev: bool = False) -> tuple:
+    """A GRU layer in a chain: (tag, index into _Interp.grus, return_sequences, merge, time_reversed_output)."""
+    return ("gru", idx, rs, merge, trev)
 
 
 def _has_x(tree) -> bool:
