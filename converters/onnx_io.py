@@ -780,9 +780,11 @@ _BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Pow": "pow"}
 
 
 def _supported_ops() -> str:
+    """Ops the interpreter maps when their input is the model's data (others fold on constants)."""
     extra = _extra_layers()
     more = set(extra.IMPORT_OPS) if extra is not None else set()
-    return ", ".join(sorted(set(_GLUE_OPS) | set(_LAYER_OPS) | set(_UNARY) | set(_BINARY) | more))
+    handled = {n[3:] for n in dir(_Interp) if n.startswith("op_")}
+    return ", ".join(sorted(handled | set(_LAYER_OPS) | set(_UNARY) | set(_BINARY) | more | {"Constant"}))
 
 
 def _eval_tree(tree, x):
@@ -1098,6 +1100,9 @@ class _Interp:
             if fn is None:
                 extra = _extra_layers()
                 fn = None if extra is None else extra.interp_handler(self, op)
+            if fn is None and op in _FOLDABLE:
+                self.unsupported(node, f"op {op!r} is supported only on constants, not on values computed from the "
+                                       f"graph inputs; ops supported on the data: {_supported_ops()}")
             if fn is None:
                 self.unsupported(node, f"op {op!r} is not supported; supported ops: {_supported_ops()}")
             outs = fn(node, ins)
@@ -1615,9 +1620,6 @@ class _Interp:
             return _Filled(None, v.value, v.dtype)
         self.unsupported(node, "Expand is supported only on a constant value (a zero initial state)")
 
-    def op_Range(self, node, ins):
-        self.unsupported(node, "Range over symbolic shapes is not supported")
-
     def op_unary(self, node, ins):
         v = ins[0]
         op = node.op_type
@@ -1796,9 +1798,6 @@ class _Interp:
             chain = self.grus[v.gru]["chain_before"] + (_entry(v.gru, False, merge),)
             out = dataclasses.replace(v, chain=chain)
         return _Seq(axes_out, out.chain, {"F": H})
-
-    def op_Max(self, node, ins):
-        self.unsupported(node, "Max over symbolic shapes is not supported")
 
     # ----------------------------------------------------------------- expressions -> layers
     def mat(self, v, node):
