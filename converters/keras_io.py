@@ -344,7 +344,7 @@ class _WeightStore:
     src: str
     keras_version: str | None = None
 
-    def layer_weights(self, lname: str, cls: str, parts: tuple[str, ...]) -> dict[str, list[np.ndarray]]:
+    def layer_weights(self, lname: str, cls: str, parts: tuple[str, ...], scope: tuple = ()) -> dict[str, list[np.ndarray]]:
         """``{part: [arrays in order]}``; ``parts`` are sub-paths such as ``"cell"`` or
         ``"forward_layer/cell"`` for the new format (the legacy format splits by name)."""
         raise NotImplementedError
@@ -364,45 +364,71 @@ def _snake(name: str) -> str:
 
 
 class _NewStore(_WeightStore):
-    """Keras 3 layout (``.keras`` archives and ``.weights.h5``)."""
+    """Keras 3 layout (``.keras`` archives and ``.weights.h5``). A nested model's layers sit
+    under ``<its group>/layers``, found the same way."""
 
     def __init__(self, h5, src: str):
         self.h5, self.src = h5, src
-        self.by_name: dict[str, str] = {}
-        try:
-            layers = h5["layers"]
-            for g in layers:
-                obj = layers[g]
-                vname = obj["vars"].attrs.get("name") if "vars" in obj else None
-                if isinstance(vname, bytes):
-                    vname = vname.decode()
-                if vname is not None:
-                    self.by_name[str(vname)] = f"layers/{g}"
-        except (OSError, KeyError, ValueError, RuntimeError) as e:
-            raise ModelFileError(f"{src!r}: cannot list the weight groups (truncated or corrupt file?): {e}") from None
-        self.order_names: dict[str, str] = {}
+        self._maps: dict[str, dict[str, str]] = {}
+        self.order_names: dict[tuple, str] = {}
+        self._names("layers")
 
-    def set_layer_order(self, layers: list[tuple[str, str]]) -> None:
+    def _names(self, container: str) -> dict[str, str]:
+        """``{layer name: group path}`` for the groups under ``container``, from the ``name``
+        attribute of each group's ``vars``."""
+        m = self._maps.get(container)
+        if m is None:
+            m = {}
+            try:
+                if container in self.h5:
+                    layers = self.h5[container]
+                    for g in layers:
+                        obj = layers[g]
+                        vname = obj["vars"].attrs.get("name") if "vars" in obj else None
+                        if isinstance(vname, bytes):
+                            vname = vname.decode()
+                        if vname is not None:
+                            m[str(vname)] = f"{container}/{g}"
+            except (OSError, KeyError, ValueError, RuntimeError) as e:
+                raise ModelFileError(
+                    f"{self.src!r}: cannot list the weight groups of {container!r} (truncated or corrupt file?): {e}"
+                ) from None
+            self._maps[container] = m
+        return m
+
+    def set_layer_order(self, orders: dict) -> None:
         """Fallback for files without ``vars`` name attributes: Keras' own naming,
-        snake_case class + ``_N`` in order of ``model.layers``."""
-        used: dict[str, int] = {}
-        for lname, cls in layers:
-            base = _snake(cls)
-            if base in used:
-                used[base] += 1
-                g = f"{base}_{used[base]}"
-            else:
-                used[base] = 0
-                g = base
-            self.order_names[lname] = f"layers/{g}"
+        snake_case class + ``_N`` in order of ``model.layers``, per (nested) model."""
+        for scope, layers in orders.items():
+            used: dict[str, int] = {}
+            for lname, cls in layers:
+                base = _snake(cls)
+                if base in used:
+                    used[base] += 1
+                    g = f"{base}_{used[base]}"
+                else:
+                    used[base] = 0
+                    g = base
+                self.order_names[(scope, lname)] = g
 
-    def layer_weights(self, lname, cls, parts):
-        group = self.by_name.get(lname) or self.order_names.get(lname)
-        if group is None or group not in self.h5:
-            raise ModelFileError(
-                f"{self.src!r}: weights of layer {lname!r} ({cls}) not found; weight groups in the file: "
-                f"{sorted(self.by_name) or list(self.h5.get('layers', {}))}"
-            )
+    def _group(self, lname: str, cls: str, scope: tuple) -> str:
+        container = "layers"
+        for i in range(len(scope) + 1):
+            name, sc = (scope[i], scope[:i]) if i < len(scope) else (lname, scope)
+            g = self._names(container).get(name)
+            if g is None and (sc, name) in self.order_names:
+                g = f"{container}/{self.order_names[(sc, name)]}"
+            if g is None or g not in self.h5:
+                what = f"layer {lname!r} ({cls})" + (f" in nested model {'/'.join(scope)!r}" if scope else "")
+                raise ModelFileError(
+                    f"{self.src!r}: weights of {what} not found; weight groups in {container!r}: "
+                    f"{sorted(self._names(container)) or sorted(self.h5.get(container, {}))}"
+                )
+            container = f"{g}/layers"
+        return g
+
+    def layer_weights(self, lname, cls, parts, scope=()):
+        group = self._group(lname, cls, tuple(scope))
         out = {}
         for part in parts:
             path = f"{group}/{part}/vars" if part else f"{group}/vars"
@@ -425,14 +451,18 @@ class _LegacyStore(_WeightStore):
     def __init__(self, root, src: str):
         self.root, self.src = root, src
 
-    def layer_weights(self, lname, cls, parts):
+    def layer_weights(self, lname, cls, parts, scope=()):
+        top = scope[0] if scope else lname
         try:
-            if lname not in self.root:
+            if top not in self.root:
                 raise ModelFileError(
-                    f"{self.src!r}: weights of layer {lname!r} ({cls}) not found; layers in the file: {sorted(self.root.keys())}"
+                    f"{self.src!r}: weights of layer {top!r} ({cls if not scope else 'nested model'}) not found; layers in "
+                    f"the file: {sorted(self.root.keys())}"
                 )
-            g = self.root[lname]
+            g = self.root[top]
             names = [n.decode() if isinstance(n, bytes) else str(n) for n in g.attrs.get("weight_names", [])]
+            if scope:  # a nested model lists all its layers' weights: keep lname's (".../<scope>/<lname>/...")
+                names = [n for n in names if _follows(n.split("/"), scope, lname)]
             arrays = []
             for n in names:
                 if n not in g:
@@ -463,6 +493,15 @@ class _LegacyStore(_WeightStore):
         for (n, a), key in zip(arrays, sides):
             out[key].append((n.split("/"), a))
         return {p: _order_legacy(v) for p, v in out.items()}
+
+
+def _follows(comps: list, scope: tuple, lname: str) -> bool:
+    """Whether a legacy weight name belongs to layer ``lname`` of nested model ``scope[-1]``:
+    names are ``<model>/<layer>/...`` (nested Sequential) or ``<layer>/...`` (nested Functional)."""
+    for i, c in enumerate(comps[:-1]):
+        if c == lname and (i == 0 or comps[i - 1] == scope[-1]):
+            return True
+    return False
 
 
 _LEGACY_ORDER = ("kernel", "recurrent_kernel", "bias", "embeddings")
@@ -509,6 +548,7 @@ class _Node:
     cfg: dict
     lname: str
     masked_call: bool | None = None  # Functional: called with a mask= argument
+    scope: tuple = ()  # names of the nested models it sits in, outermost first
     extra: dict = field(default_factory=dict)
 
 
@@ -520,7 +560,7 @@ class _Arch:
     input_shape: list | None
     input_dtype: str | None
     dtype: str
-    weight_order: list  # [(layer name, class)] as model.layers orders them
+    weight_order: dict  # {scope: [(layer name, class)] as model.layers orders them}
     keras2: bool = False  # written by Keras 1/2: their hard_sigmoid is clip(0.2 x + 0.5)
 
 
@@ -599,8 +639,28 @@ def _parse_sequential(layers, c, mname, dtype) -> _Arch:
         nodes.append(_Node(cls, lc, _layer_name(layer)))
     if input_shape is None:
         input_shape = c.get("build_input_shape")
-    weight_order = [(n.lname, n.cls) for n in nodes]
-    return _Arch("Sequential", mname, nodes, input_shape, input_dtype, dtype, weight_order)
+    weight_order = {(): [(n.lname, n.cls) for n in nodes]}
+    return _Arch("Sequential", mname, _flatten(nodes, weight_order), input_shape, input_dtype, dtype, weight_order)
+
+
+NESTED_MODELS = ("Sequential", "Functional", "Model")
+
+
+def _flatten(nodes: list, weight_order: dict) -> list:
+    """Splice nested Sequential / Functional models into the chain (Keras propagates masks
+    through them as through the flat model); their layers keep a ``scope`` for the weights."""
+    out = []
+    for n in nodes:
+        if n.cls in NESTED_MODELS and isinstance(n.cfg.get("layers"), list):
+            sub = _parse_architecture({"class_name": n.cls, "config": n.cfg}, f"nested model {n.lname!r}")
+            for scope, order in sub.weight_order.items():
+                weight_order[(n.lname, *scope)] = order
+            for sn in sub.nodes:
+                sn.scope = (n.lname, *sn.scope)
+                out.append(sn)
+        else:
+            out.append(n)
+    return out
 
 
 def _is_tensor(v) -> bool:
@@ -781,9 +841,9 @@ def _parse_functional(layers, c, mname, dtype, src) -> _Arch:
     ic = inp.get("config") or {}
     if str(inp.get("class_name")) != "InputLayer":
         raise UnsupportedError(f"the model input {in_name!r} must be an InputLayer, got {inp.get('class_name')!r}")
-    weight_order = [(n, str(by_name[n].get("class_name"))) for n in by_name if not is_op(n)]
+    weight_order = {(): [(n, str(by_name[n].get("class_name"))) for n in by_name if not is_op(n)]}
     return _Arch(
-        "Functional", mname, nodes, ic.get("batch_shape") or ic.get("batch_input_shape"),
+        "Functional", mname, _flatten(nodes, weight_order), ic.get("batch_shape") or ic.get("batch_input_shape"),
         _policy_name(ic.get("dtype")) if ic.get("dtype") else None, dtype, weight_order,
     )
 
@@ -792,7 +852,7 @@ def _parse_functional(layers, c, mname, dtype, src) -> _Arch:
 
 
 def _where(node: _Node, cls: str | None = None) -> str:
-    return f"layer {node.lname!r} ({cls or node.cls})"
+    return f"layer {'/'.join((*node.scope, node.lname))!r} ({cls or node.cls})"
 
 
 def _act_name(v, where: str, attr: str) -> str:
@@ -925,7 +985,7 @@ class _Builder:
         return np.asarray(a, dtype=self.dtype)
 
     def weights(self, node: _Node, parts, cls=None):
-        return self.store.layer_weights(node.lname, cls or node.cls, parts)
+        return self.store.layer_weights(node.lname, cls or node.cls, parts, node.scope)
 
     # ---------------------------------------------------------------- layers
     def add(self, node: _Node, is_last: bool) -> None:
@@ -941,13 +1001,11 @@ class _Builder:
                 f"{where} cannot be converted: supported layers are {_supported_list()} "
                 "(Lambda and custom layers hold code, which is never loaded)"
             )
-        if self.arch.kind == "Functional" and cls in ("GRU", "RNN", "Bidirectional") and node.masked_call is not None:
-            if node.masked_call != self.masked:
-                raise UnsupportedError(
-                    f"{where}: the file passes {'a' if node.masked_call else 'no'} mask to this layer, but "
-                    f"{'no' if not self.masked else 'a'} mask-producing layer (Embedding mask_zero / Masking) precedes it; "
-                    "supported: masks derived from Embedding(mask_zero=True) or Masking only"
-                )
+        if node.masked_call and not self.masked:
+            raise UnsupportedError(
+                f"{where}: the file passes a mask to this layer, but no mask-producing layer (Embedding mask_zero / "
+                "Masking) precedes it; supported: masks derived from Embedding(mask_zero=True) or Masking only"
+            )
         handler(node, where, is_last)
 
     def _add_other(self, node, where) -> bool:
@@ -1027,7 +1085,7 @@ class _Builder:
         if icls in NOOP_LAYERS:
             return
         if icls == "Activation":
-            return self._l_Activation(_Node(icls, inner.get("config") or {}, node.lname), where, is_last)
+            return self._l_Activation(_Node(icls, inner.get("config") or {}, node.lname, scope=node.scope), where, is_last)
         if icls != "Dense":
             raise UnsupportedError(
                 f"{where} wraps {icls!r}; supported: TimeDistributed(Dense), TimeDistributed(Activation), "
@@ -1035,7 +1093,7 @@ class _Builder:
             )
         if not self.seq:
             raise UnsupportedError(f"{where} needs a sequence input, but the previous GRU returns the last step only")
-        inner_node = _Node("Dense", inner.get("config") or {}, node.lname)
+        inner_node = _Node("Dense", inner.get("config") or {}, node.lname, scope=node.scope)
         return self._l_Dense(inner_node, f"{where} -> Dense", is_last, outer=node)
 
     def _check_seq(self, where):
@@ -1051,7 +1109,7 @@ class _Builder:
 
     def _l_RNN(self, node, where, is_last):
         cfg = _gru_config({"class_name": "RNN", "config": node.cfg}, where)
-        return self._l_GRU(_Node("RNN", cfg, node.lname, node.masked_call), where, is_last)
+        return self._l_GRU(_Node("RNN", cfg, node.lname, node.masked_call, node.scope), where, is_last)
 
     def _l_GRU(self, node, where, is_last):
         self._check_seq(where)

@@ -258,6 +258,27 @@ def functional_plain():
     return k.Model(inp, out), "float"
 
 
+def nested_models():
+    """A Functional model calling a nested Sequential (with the Masking) and a nested Functional."""
+    k = _k()
+    L = k.layers
+    enc = k.Sequential([k.Input((T, F)), L.Masking(0.0), L.GRU(4, return_sequences=True, name="eg")], name="enc")
+    sub_in = k.Input((T, 4))
+    sx = L.Bidirectional(L.GRU(3, return_sequences=True), merge_mode="sum", name="bi")(sub_in)
+    sub = k.Model(sub_in, L.Dense(2, name="post")(sx), name="subf")
+    inp = k.Input((T, F))
+    out = L.GRU(2, return_sequences=True, name="top")(sub(enc(inp)))
+    return k.Model(inp, out), "float"
+
+
+def sequential_nested():
+    k = _k()
+    L = k.layers
+    enc = k.Sequential([k.Input((T,), dtype="int32"), L.Embedding(V, 4, mask_zero=True), L.GRU(4, return_sequences=True)],
+                       name="encoder")
+    return k.Sequential([enc, L.GRU(3, go_backwards=True), L.Dense(2)]), "tokens"
+
+
 CASES = {
     f.__name__: f
     for f in [
@@ -265,7 +286,7 @@ CASES = {
         bidirectional("concat"), bidirectional("sum"), bidirectional("mul"), bidirectional("ave"),
         bidirectional_backward_layer, rnn_gru_cell, masking_post_padding, masking_bidirectional_last, masking_bidirectional_sequences,
         embedding_mask_zero, embedding_no_mask, noop_and_activations,
-        functional_return_state, functional_masking, functional_plain,
+        functional_return_state, functional_masking, functional_plain, nested_models, sequential_nested,
     ]
 }
 

@@ -102,6 +102,15 @@ def test_masks_are_exercised(saved):
     assert np.abs(ye[1] - ye[0]).max() > 1e-3
 
 
+def test_nested_models_keep_the_mask(saved):
+    """Keras propagates the mask out of a nested model: the last GRU repeats its output at
+    the padded steps of row 1 (and the engine, which flattens nested models, does too)."""
+    _m, paths, x, y = saved("nested_models")
+    np.testing.assert_allclose(y[1, 4:], np.broadcast_to(y[1, 3], y[1, 4:].shape), atol=1e-7)
+    model = from_keras(paths["h5"])
+    assert [layer.name for layer in model.layers] == ["masking", "eg", "bi", "post", "top"]
+
+
 def test_option_mapping(saved):
     """Spot checks of the canonical model the converter builds."""
     m = from_keras(saved("go_backwards")[1]["keras"])
