@@ -613,7 +613,15 @@ def from_onnx(source, *, return_signature: bool = False, dtype=None):
     if proto.producer_name == PRODUCER and LAYERS_KEY in props:
         model, sig = _from_own(proto, props, label)
     else:
-        model, sig = _Interp(proto, label).run()
+        interp = _Interp(proto, label)
+        try:
+            model, sig = interp.run()
+        except GRUEngineError:
+            raise
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError, ArithmeticError, RecursionError) as e:
+            # a graph the interpreter could not make sense of: report it as a bad file, never crash
+            where = interp.where(interp.cur_node) if interp.cur_node is not None else label
+            raise ModelFileError(f"{where}: the graph must be consistent, got {type(e).__name__}: {e}") from None
     sig.output_elem_types = {o.name: o.type.tensor_type.elem_type for o in proto.graph.output}
     if dtype is not None:
         model = model.astype(dtype)
@@ -928,6 +936,7 @@ class _Interp:
         self.grus: list = []  # dicts: layer, chain_before, state, lengths, node
         self.x_name = None
         self.x_seq = None
+        self.cur_node = None
 
     # ----------------------------------------------------------------- helpers
     def where(self, node) -> str:
@@ -1074,6 +1083,7 @@ class _Interp:
 
     # ----------------------------------------------------------------- node dispatch
     def eval_node(self, node):
+        self.cur_node = node
         if node.domain not in ("", "ai.onnx"):
             self.unsupported(node, f"domain {node.domain!r} is not supported; supported: the default ONNX domain, ops "
                                    f"{_supported_ops()}")

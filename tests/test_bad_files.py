@@ -230,3 +230,83 @@ def test_no_graph_input_or_output():
     del m.graph.output[:]
     with pytest.raises(GRUEngineError):
         gru_engine.load(m)
+
+
+# --------------------------------------------------------------------------- fuzzing
+
+
+def _mutants(proto, rng, n):
+    """Randomly damaged copies of a graph: attributes, inputs, initializer dims and values, nodes."""
+    for _ in range(n):
+        p = onnx.ModelProto()
+        p.CopyFrom(proto)
+        g = p.graph
+        for _ in range(int(rng.integers(1, 4))):
+            kind = int(rng.integers(0, 6))
+            if kind == 0 and len(g.node) > 1:
+                del g.node[int(rng.integers(0, len(g.node)))]
+            elif kind == 1:
+                node = g.node[int(rng.integers(0, len(g.node)))]
+                if node.input:
+                    i = int(rng.integers(0, len(node.input)))
+                    names = [t.name for t in g.initializer] + [o for nd in g.node for o in nd.output] + ["", "x"]
+                    node.input[i] = names[int(rng.integers(0, len(names)))]
+            elif kind == 2:
+                node = g.node[int(rng.integers(0, len(g.node)))]
+                for a in node.attribute:
+                    if a.type == onnx.AttributeProto.INT:
+                        a.i = int(rng.choice([-1, 0, 2, 3, 10**9]))
+                    elif a.type == onnx.AttributeProto.INTS and len(a.ints):
+                        a.ints[int(rng.integers(0, len(a.ints)))] = int(rng.integers(-3, 5))
+                    elif a.type == onnx.AttributeProto.FLOAT:
+                        a.f = float(rng.choice([-1.0, 0.0, np.nan, 1e30]))
+            elif kind == 3 and len(g.initializer):
+                t = g.initializer[int(rng.integers(0, len(g.initializer)))]
+                if len(t.dims):
+                    t.dims[int(rng.integers(0, len(t.dims)))] = int(rng.choice([0, 1, 7, 10**12]))
+            elif kind == 4 and len(g.initializer):
+                t = g.initializer[int(rng.integers(0, len(g.initializer)))]
+                try:
+                    a = numpy_helper.to_array(t).copy()
+                except ValueError:  # dims already damaged by an earlier mutation
+                    continue
+                if a.size and a.dtype.kind in "fi":
+                    a.reshape(-1)[int(rng.integers(0, a.size))] = rng.choice([-5, 0, 3, 10**6])
+                    t.CopyFrom(numpy_helper.from_array(a, t.name))
+            elif kind == 5 and len(g.node) > 2:
+                i, j = rng.integers(0, len(g.node), 2)
+                a, b = onnx.NodeProto(), onnx.NodeProto()
+                a.CopyFrom(g.node[int(i)])
+                b.CopyFrom(g.node[int(j)])
+                g.node[int(i)].CopyFrom(b)
+                g.node[int(j)].CopyFrom(a)
+        yield p
+
+
+def _fuzz_sources():
+    rng = np.random.default_rng(5)
+    g1 = GRU(W=rng.standard_normal((2, 12, 3)), R=rng.standard_normal((2, 12, 4)), direction="bidirectional")
+    g2 = GRU(W=rng.standard_normal((1, 12, 8)), R=rng.standard_normal((1, 12, 4)), return_sequences=False)
+    m = Model((g1.astype(np.float32), g2.astype(np.float32),
+               Dense(kernel=rng.standard_normal((4, 2)).astype(np.float32), activation="gelu")))
+    own = to_onnx(m, with_lengths=True, with_initial_state=True)
+    del own.metadata_props[:]  # exercise the graph interpreter
+    own.producer_name = "fuzz"
+    return [own, gru_graph(attrs={"direction": "bidirectional", "activations": ["Elu", "Tanh"] * 2}, D=2)]
+
+
+@pytest.mark.parametrize("source", [0, 1])
+def test_fuzzed_graphs_never_crash(source):
+    """Damaged graphs load or raise a gru_engine error: never an untyped crash, never a hang."""
+    proto = _fuzz_sources()[source]
+    rng = np.random.default_rng(100 + source)
+    t0 = time.perf_counter()
+    outcomes = {"ok": 0, "error": 0}
+    for p in _mutants(proto, rng, 80):
+        try:
+            gru_engine.load(p)
+            outcomes["ok"] += 1
+        except GRUEngineError:
+            outcomes["error"] += 1
+    assert outcomes["error"] > 0
+    assert time.perf_counter() - t0 < 60
