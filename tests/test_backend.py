@@ -178,3 +178,19 @@ def test_bad_run_inputs():
         rep.run([X, seq, h0, h0])
     with pytest.raises(InputShapeError, match="'X'"):
         rep.run({"seq": seq})
+
+
+def test_float16_graph_vs_onnxruntime():
+    """float16 GRU graphs run in float32 inside; outputs come back as float16, like onnxruntime's."""
+    from test_onnx_io import bare_gru_graph, weights
+
+    rng = np.random.default_rng(12)
+    W, R, B = weights(rng, 2, 5, 3, np.float16)
+    m = bare_gru_graph(W, R, B, direction="bidirectional")
+    feeds = {"X": rng.standard_normal((6, 2, 3)).astype(np.float16), "sequence_lens": np.array([6, 3], np.int32),
+             "initial_h": rng.standard_normal((2, 2, 5)).astype(np.float16)}
+    ref = ort_session(m).run(None, feeds)
+    got = backend.prepare(m).run(feeds)
+    for g, r in zip(got, ref):
+        assert g.dtype == np.float16
+        np.testing.assert_allclose(g.astype(np.float32), r.astype(np.float32), atol=2e-3, rtol=0)
