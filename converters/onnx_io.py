@@ -301,7 +301,7 @@ def to_onnx(
     helper.set_model_props(proto, {
         FORMAT_KEY: FORMAT_VERSION,
         MODEL_KEY: json.dumps({"input_size": model.input_size, "name": model.name}),
-        LAYERS_KEY: json.dumps(metas),
+        LAYERS_KEY: json.dumps(metas, default=_json_default),
     })
     if check:
         onnx.checker.check_model(proto)
@@ -327,6 +327,15 @@ def _extra_layers_export(b, model, index, pre, cur):
 def _extra_kinds_text() -> str:
     mod = _extra_layers()
     return "" if mod is None else ", " + ", ".join(mod.LAYER_KINDS)
+
+
+def _json_default(v):
+    """numpy scalars and small arrays in layer fields (other layer kinds) as JSON values."""
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray) and v.size <= 64:
+        return v.tolist()
+    raise TypeError(f"layer field of type {type(v).__name__} cannot be written to the engine's metadata")
 
 
 def _engine_version() -> str:
