@@ -262,7 +262,7 @@ def nested_models():
     """A Functional model calling a nested Sequential (with the Masking) and a nested Functional."""
     k = _k()
     L = k.layers
-    enc = k.Sequential([k.Input((T, F)), L.Masking(0.0), L.GRU(4, return_sequences=True, name="eg")], name="enc")
+    enc = k.Sequential([k.Input((T, F)), L.Masking(0.0, name="pad"), L.GRU(4, return_sequences=True, name="eg")], name="enc")
     sub_in = k.Input((T, 4))
     sx = L.Bidirectional(L.GRU(3, return_sequences=True), merge_mode="sum", name="bi")(sub_in)
     sub = k.Model(sub_in, L.Dense(2, name="post")(sx), name="subf")

@@ -108,7 +108,7 @@ def test_nested_models_keep_the_mask(saved):
     _m, paths, x, y = saved("nested_models")
     np.testing.assert_allclose(y[1, 4:], np.broadcast_to(y[1, 3], y[1, 4:].shape), atol=1e-7)
     model = from_keras(paths["h5"])
-    assert [layer.name for layer in model.layers] == ["masking", "eg", "bi", "post", "top"]
+    assert [layer.name for layer in model.layers] == ["pad", "eg", "bi", "post", "top"]
 
 
 def test_option_mapping(saved):
