@@ -6,6 +6,7 @@ input projection, the persistent and per-step recurrence, and batched streaming.
     python bench/gpu.py                 # full grid: T=256, I=H, H in {64,128,512,1024}, B in {1,16,64,256}
     python bench/gpu.py --quick         # H in {64,512}, B in {1,64}
     python bench/gpu.py --json out.json
+    python bench/gpu.py --smoke         # tiny sizes; also runs on the CUDA simulator (checks the script)
 
 Every contender is validated against the engine's CPU run (first rows of the batch) before it
 is timed; a contender that disagrees is reported as "wrong", not timed. Timed regions end with
@@ -15,7 +16,8 @@ Inputs live on the device for the engine and torch; onnxruntime is fed NumPy arr
 device="cuda")`` stepping 1000 streams at once vs ``torch.nn.GRUCell`` on a (1000, I) batch.
 
 Needs a real NVIDIA GPU: on a machine without one (or under NUMBA_ENABLE_CUDASIM, whose
-timings mean nothing) it exits with a message and status 2.
+timings mean nothing, unless --smoke) it exits with a message and status 2. Without a CUDA
+build of torch the torch columns read "n/a".
 """
 
 from __future__ import annotations
@@ -40,11 +42,14 @@ BS = (1, 16, 64, 256)
 STREAMS = 1000
 STREAM_HS = (64, 256)
 ATOL = 1e-4  # float32 over 256 steps, different summation orders
+WARMUP = 2  # untimed calls before each timing (after the validating call)
+STREAM_REPS = 10  # the streaming timings take this many times --reps steps
+STREAM_STEPS = 8  # steps of the streaming validation
 VALIDATE_ROWS = 4
 
 
-def median_time(fn, sync, reps: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
+def median_time(fn, sync, reps: int) -> float:
+    for _ in range(WARMUP):
         fn()
     sync()
     times = []
@@ -113,14 +118,22 @@ def err(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
-def bench_sequences(cuda, Hs, Bs, reps):
-    import torch
+def torch_cuda():
+    """torch when it has CUDA, else None."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch if torch.cuda.is_available() else None
 
+
+def bench_sequences(cuda, Hs, Bs, reps, T=T):
+    torch = torch_cuda()
     rows = []
     for H in Hs:
         model = make_model(H, H)
         dm = model.to("cuda")
-        tg = load_torch_gru(model, cell=False)
+        tg = load_torch_gru(model, cell=False) if torch else None
         sess, ort_note = ort_cuda_session(model)
         for B in Bs:
             rng = np.random.default_rng(B)
@@ -134,13 +147,14 @@ def bench_sequences(cuda, Hs, Bs, reps):
             row["engine_err"] = e
             if e <= ATOL:
                 row["engine_ms"] = 1e3 * median_time(lambda: dm.run(xd), cuda.synchronize, reps)
-            xt = torch.from_numpy(x).cuda()
-            with torch.no_grad():
-                yt, _ = tg(xt)
-                e = err(yt[:n].cpu().numpy(), want)
-                row["torch_err"] = e
-                if e <= ATOL:
-                    row["torch_ms"] = 1e3 * median_time(lambda: tg(xt), torch.cuda.synchronize, reps)
+            if torch is not None:
+                xt = torch.from_numpy(x).cuda()
+                with torch.no_grad():
+                    yt, _ = tg(xt)
+                    e = err(yt[:n].cpu().numpy(), want)
+                    row["torch_err"] = e
+                    if e <= ATOL:
+                        row["torch_ms"] = 1e3 * median_time(lambda: tg(xt), torch.cuda.synchronize, reps)
             if sess is not None:
                 name = sess.get_inputs()[0].name
                 yo = sess.run(None, {name: x})[0]
@@ -155,34 +169,37 @@ def bench_sequences(cuda, Hs, Bs, reps):
     return rows
 
 
-def bench_streaming(cuda, Hs, reps):
-    import torch
-
+def bench_streaming(cuda, Hs, reps, streams=STREAMS):
+    torch = torch_cuda()
     rows = []
     for H in Hs:
         model = make_model(H, H, seed=1)
         rng = np.random.default_rng(2)
-        xs = rng.uniform(-1, 1, (STREAMS, 8, H)).astype(np.float32)
+        xs = rng.uniform(-1, 1, (streams, STREAM_STEPS, H)).astype(np.float32)
         want, _ = model.run(xs[:VALIDATE_ROWS])
-        s = model.stream(STREAMS, device="cuda")
-        steps_d = [cuda.to_device(np.ascontiguousarray(xs[:, t])) for t in range(8)]
-        got = np.stack([s.step(steps_d[t]).copy_to_host() for t in range(8)], axis=1)
-        row = dict(streams=STREAMS, H=H, I=H, engine_err=err(got[:VALIDATE_ROWS], want))
-        out = cuda.device_array((STREAMS, H), np.float32)
+        s = model.stream(streams, device="cuda")
+        steps_d = [cuda.to_device(np.ascontiguousarray(xs[:, t])) for t in range(STREAM_STEPS)]
+        got = np.stack([s.step(steps_d[t]).copy_to_host() for t in range(STREAM_STEPS)], axis=1)
+        row = dict(streams=streams, H=H, I=H, engine_err=err(got[:VALIDATE_ROWS], want))
+        out = cuda.device_array((streams, H), np.float32)
         if row["engine_err"] <= ATOL:
-            row["engine_us_per_step"] = 1e6 * median_time(lambda: s.step(steps_d[0], out=out), cuda.synchronize, reps * 10)
+            row["engine_us_per_step"] = 1e6 * median_time(lambda: s.step(steps_d[0], out=out), cuda.synchronize, reps * STREAM_REPS)
+        if torch is None:
+            rows.append(row)
+            print(row, flush=True)
+            continue
         cell = load_torch_gru(model, cell=True)
         with torch.no_grad():
-            h = torch.zeros(STREAMS, H, device="cuda")
-            xt = [torch.from_numpy(xs[:, t]).cuda() for t in range(8)]
+            h = torch.zeros(streams, H, device="cuda")
+            xt = [torch.from_numpy(xs[:, t]).cuda() for t in range(STREAM_STEPS)]
             outs = []
-            for t in range(8):
+            for t in range(STREAM_STEPS):
                 h = cell(xt[t], h)
                 outs.append(h)
             e = err(torch.stack(outs, 1)[:VALIDATE_ROWS].cpu().numpy(), want)
             row["torch_cell_err"] = e
             if e <= ATOL:
-                row["torch_cell_us_per_step"] = 1e6 * median_time(lambda: cell(xt[0], h), torch.cuda.synchronize, reps * 10)
+                row["torch_cell_us_per_step"] = 1e6 * median_time(lambda: cell(xt[0], h), torch.cuda.synchronize, reps * STREAM_REPS)
         rows.append(row)
         print(row, flush=True)
     return rows
@@ -201,10 +218,12 @@ def fmt_row(r) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="H in {64, 512}, B in {1, 64}")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, allowed on the CUDA simulator")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
-    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
+    simulator = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+    if simulator and not args.smoke:
         print("bench/gpu.py: NUMBA_ENABLE_CUDASIM is set; simulator timings mean nothing. Unset it and run on a GPU.",
               file=sys.stderr)
         return 2
@@ -215,23 +234,27 @@ def main(argv=None) -> int:
     except DeviceError as e:
         print(f"bench/gpu.py needs an NVIDIA GPU: {e}", file=sys.stderr)
         return 2
-    try:
-        import torch
-    except ImportError:
-        print("bench/gpu.py needs torch (the cuDNN baseline)", file=sys.stderr)
-        return 2
-    if not torch.cuda.is_available():
-        print("bench/gpu.py: torch has no CUDA (CPU-only build); install a CUDA build of torch for the baseline",
-              file=sys.stderr)
-        return 2
-    Hs, Bs = ((64, 512), (1, 64)) if args.quick else (HS, BS)
-    dev = cuda.get_current_device()
-    print(f"device: {dev.name.decode() if isinstance(dev.name, bytes) else dev.name}; torch {torch.__version__}, "
-          f"cuDNN {torch.backends.cudnn.version()}; T={T}, I=H, float32, median of {args.reps}")
+    global WARMUP, STREAM_REPS, STREAM_STEPS
+    torch = torch_cuda()
+    if args.smoke:
+        Hs, Bs, steps, streams, stream_hs, reps = (8,), (1, 2), 4, 3, (8,), 1
+        WARMUP, STREAM_REPS, STREAM_STEPS = 0, 1, 2
+    elif args.quick:
+        Hs, Bs, steps, streams, stream_hs, reps = (64, 512), (1, 64), T, STREAMS, STREAM_HS[:1], args.reps
+    else:
+        Hs, Bs, steps, streams, stream_hs, reps = HS, BS, T, STREAMS, STREAM_HS, args.reps
+    if simulator:
+        device = "CUDA simulator (timings mean nothing)"
+    else:
+        dev = cuda.get_current_device()
+        device = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
+    baseline = (f"torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}" if torch
+                else "torch without CUDA: no torch baseline")
+    print(f"device: {device}; {baseline}; T={steps}, I=H, float32, median of {reps}")
     print("| H     | B    | engine ms | torch ms  | ort ms    |")
     print("|------:|-----:|----------:|----------:|----------:|")
-    seq = bench_sequences(cuda, Hs, Bs, args.reps)
-    stream = bench_streaming(cuda, STREAM_HS[:1] if args.quick else STREAM_HS, args.reps)
+    seq = bench_sequences(cuda, Hs, Bs, reps, T=steps)
+    stream = bench_streaming(cuda, stream_hs, reps, streams=streams)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(sequences=seq, streaming=stream), f, indent=1)

@@ -190,9 +190,11 @@ def test_plan_recurrence_and_auto_paths_match_cpu(monkeypatch):
         got_y, got_h = model.run(x, device="cuda", **kw)
         assert_close(got_y, want_y, model.dtype, f"y (limit {limit})")
         assert_close(got_h, want_h, model.dtype, f"h_n (limit {limit})")
-    with pytest.raises(NotImplementedError, match="recurrence='persistent' needs hidden_size"):
-        Model((GRU(W=np.zeros((1, 3 * 4096, 1), f4), R=np.zeros((1, 3 * 4096, 4096), f4)),)).to("cuda").run(
-            np.zeros((1, 1, 1), f4), recurrence="persistent")
+    monkeypatch.setattr(K, "PERSISTENT_MAX_SHARED", 64)  # 4*H floats of H=5 no longer fit
+    with pytest.raises(NotImplementedError, match="recurrence='persistent' needs hidden_size <= 4 in float32, got 5"):
+        model.to("cuda").run(x, recurrence="persistent")
+    got_y, _ = model.run(x, device="cuda", **kw)  # "auto" goes per step
+    assert_close(got_y, want_y, model.dtype, "y (per step, state too big)")
 
 
 # --------------------------------------------------------------------------- whole models
@@ -524,3 +526,15 @@ def test_every_kernel_compiles_to_ptx_in_both_dtypes():
     p = _run_without_simulator(code)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "float32 True" in p.stdout and "float64 True" in p.stdout, p.stdout
+
+
+@needs_cuda
+def test_gpu_benchmark_script_smoke():
+    """bench/gpu.py --smoke: validates each contender against the CPU engine, then times it."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "gpu.py"), "--smoke"], env=env,
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = [line for line in p.stdout.splitlines() if line.startswith("|     8 |")]
+    assert len(rows) == 2 and "wrong" not in p.stdout, p.stdout
+    assert "engine_us_per_step" in p.stdout, p.stdout
