@@ -180,6 +180,7 @@ def to_onnx(
     elem = _NP_TO_ONNX[np.dtype(dtype)]
     b = _Builder(dtype, opset)
     b.fresh("x")
+    b._names.update({"y", "h_n"} | {f"h_n_{i}" for i in range(len(model.layers))})  # graph output names
     inputs, outputs = [], []
     grus = model.gru_layers
     Hs = [g.hidden_size for g in grus]
@@ -272,11 +273,9 @@ def to_onnx(
             metas.append(_layer_meta(layer, arrays))
 
     out_size = model.output_size
-    y = b.op("Identity", [cur], name="y")
-    b.nodes[-1].output[0] = "y"
+    b.nodes.append(helper.make_node("Identity", [cur], ["y"], name=b.fresh("y")))
     outputs.append(helper.make_tensor_value_info(
         "y", elem, ["batch", "time", out_size] if model.output_is_sequence else ["batch", out_size]))
-    del y
     if final_states:
         if same_H:
             total = sum(g.num_directions for g in grus)
@@ -347,7 +346,6 @@ def _engine_version() -> str:
 def _export_gru(b: _Builder, layer: GRU, pre: str, cur: str, kmask, lengths, h0, get_batch_dim):
     """Emit one GRU layer. Returns (output name, final state name (D, B, H), arrays meta)."""
     D, H = layer.num_directions, layer.hidden_size
-    elem = _NP_TO_ONNX[b.dtype]
     Wn = b.const(layer.W, f"{pre}/W")
     Rn = b.const(layer.R, f"{pre}/R")
     Bn = b.const(layer.B, f"{pre}/B")
@@ -424,7 +422,6 @@ def _export_gru(b: _Builder, layer: GRU, pre: str, cur: str, kmask, lengths, h0,
             out = b.op("Mul", [out, b.fconst(0.5, "half")], name=f"{pre}/merge_ave")
     else:  # mul
         out = b.reduce("ReduceProd", out, [axis], 0, name=f"{pre}/merge_mul")
-    del elem
     return out, Y_h, {"W": Wn, "R": Rn, "B": Bn}
 
 
@@ -1165,8 +1162,8 @@ class _Interp:
         if op == "ConstantOfShape":
             self.check_size(node, [int(d) for d in arrs[0].reshape(-1)])
         elif op == "Expand":
-            self.check_size(node, np.broadcast_shapes(arrs[0].shape, tuple(1 for _ in arrs[1].reshape(-1)))
-                            if False else [max(int(a), 1) for a in arrs[1].reshape(-1)] + list(arrs[0].shape))
+            target = [max(int(a), 1) for a in arrs[1].reshape(-1)]
+            self.check_size(node, target + list(arrs[0].shape))
         elif op == "Range":
             start, limit, delta = (float(a) for a in arrs[:3])
             if delta == 0 or not np.isfinite([start, limit, delta]).all():
@@ -2236,8 +2233,8 @@ def _stages(tree, depth: int = 0):
             collect(c)
     for inner in sorted(cands, key=lambda t: -len(repr(t))):
         outer = _replace(tree, inner, ("x",))
-        if _replace(outer, ("x",), ("c", 0.0)) != outer and _count_x(outer) and _count_x(tree) == _count_x(inner) * \
-                _count_sub(tree, inner) + 0:
+        # every x of the tree must lie inside an occurrence of `inner` (outer is then a function of inner only)
+        if _count_x(tree) == _count_x(inner) * _count_sub(tree, inner):
             rest = _stages(outer, depth + 1)
             if rest is not None:
                 return _stages(inner, depth + 1) + rest
