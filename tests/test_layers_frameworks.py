@@ -251,6 +251,74 @@ def test_streaming_equals_whole_sequence(rng, k):
         np.testing.assert_allclose(steps[:, 4], model.run(x[:, :5])[0], atol=TOL, rtol=0)
 
 
+def _random_streamable_model(r: np.random.Generator) -> Model:
+    f = lambda *s: (r.standard_normal(s) * 0.5).astype(F32)  # noqa: E731
+    layers, size = [], 3
+    for _ in range(int(r.integers(1, 5))):
+        kind = r.choice(["causal", "valid", "leftpad", "maxpool", "avgpool", "zeropad", "bn", "ln", "unit", "act"])
+        if kind in ("causal", "valid", "leftpad"):
+            groups = int(r.choice([g for g in (1, 2, 3) if size % g == 0]))
+            out = groups * int(r.integers(1, 4))
+            K, d, stride = int(r.integers(1, 4)), int(r.integers(1, 3)), int(r.integers(1, 3))
+            pad = dict(padding="explicit", pads=(int(r.integers(0, 5)), 0)) if kind == "leftpad" else dict(padding=kind)
+            layers.append(Conv1D(kernel=f(out, size // groups, K), bias=f(out), stride=stride, dilation=d, groups=groups,
+                                 activation=str(r.choice(["linear", "relu", "tanh"])), **pad))
+            size = out
+        elif kind in ("maxpool", "avgpool"):
+            cls = MaxPooling1D if kind == "maxpool" else AveragePooling1D
+            layers.append(cls(pool_size=int(r.integers(1, 4)), stride=int(r.integers(1, 4))))
+        elif kind == "zeropad":
+            layers.append(ZeroPadding1D((int(r.integers(0, 3)), 0)))
+        elif kind == "bn":
+            layers.append(BatchNormalization(gamma=f(size), beta=f(size), mean=f(size), var=np.abs(f(size)) + 0.5))
+        elif kind == "ln":
+            layers.append(LayerNormalization(gamma=f(size), beta=f(size)))
+        elif kind == "unit":
+            layers.append(UnitNormalization())
+        else:
+            layers.append(Activation(str(r.choice(["elu", "swish", "softmax"]))))
+    if r.random() < 0.7:
+        H = int(r.integers(1, 6))
+        layers.append(GRU(W=f(1, 3 * H, size), R=f(1, 3 * H, H), B=f(1, 6 * H), linear_before_reset=int(r.integers(0, 2)),
+                          return_sequences=bool(r.random() < 0.6)))
+        size = H
+        if r.random() < 0.5:
+            layers.append(Dense(kernel=f(size, 2), activation="tanh"))
+            size = 2
+        if r.random() < 0.3:
+            layers.append(BatchNormalization(mean=f(size), var=np.ones(size, F32)))
+    return Model(tuple(layers), input_size=3)
+
+
+def test_streaming_property_random_models():
+    """Property: for random streamable models, steps and random chunkings equal model.run."""
+    hyp = pytest.importorskip("hypothesis")
+    st = hyp.strategies
+
+    @hyp.settings(max_examples=40, deadline=None, derandomize=True)
+    @hyp.given(seed=st.integers(0, 2**31 - 1), T=st.integers(1, 24))
+    def check(seed, T):
+        r = np.random.default_rng(seed)
+        model = _random_streamable_model(r)
+        x = (r.standard_normal((2, T, 3))).astype(F32)
+        try:
+            y = model.run(x)[0]
+        except InputShapeError:  # too short for a layer: nothing to compare
+            hyp.assume(False)
+        cuts = np.sort(r.choice(np.arange(1, T), size=min(T - 1, int(r.integers(0, 5))), replace=False)) if T > 1 else []
+        sizes = np.diff(np.concatenate([[0], cuts, [T]])).astype(int).tolist()
+        steps, _ = _stream_all(model, x, [1] * T)
+        chunks, _ = _stream_all(model, x, sizes)
+        np.testing.assert_allclose(chunks, steps, atol=TOL, rtol=0, err_msg=model.summary())
+        if model.output_is_sequence:
+            assert steps.shape == y.shape, model.summary()
+            np.testing.assert_allclose(steps, y, atol=TOL, rtol=0, err_msg=model.summary())
+        else:
+            np.testing.assert_allclose(steps[:, -1], y, atol=TOL, rtol=0, err_msg=model.summary())
+
+    check()
+
+
 def test_streaming_with_keras_mask_and_state(rng):
     """Masking -> BN -> GRU: the mask reaches the GRU through the BN in chunks as in one run."""
     from gru_engine.model import Masking
