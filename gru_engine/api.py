@@ -257,6 +257,9 @@ ROW_BLOCK = 4
 
 #: Runs with fewer multiply-adds than this use one thread (a parallel launch costs ~10 us).
 PARALLEL_MIN_MACS = 1 << 21
+
+#: Input projections of fewer multiply-adds than this are not split over time chunks.
+PARALLEL_SPLIT_MACS = 1 << 24
 GEMM_MIN_MACS = 1 << 20
 
 
@@ -300,7 +303,10 @@ def _run_gru(layer: GRU, i: int, x: np.ndarray, ctx: RunContext):
         XPs = np.empty((D * B, T, 3 * H), dtype)
         G = np.empty((D * nblk, rb, 3 * H), dtype)
         RH = np.empty((D * nblk, rb, H), dtype)
-        nchunks = max(1, -(-nt // (D * B))) if T >= 32 * nt else 1
+        # one recurrence item (batch 1, one direction): the projection alone is split over
+        # time chunks, when it is large enough to repay a parallel launch
+        split = D * B < nt and T >= 32 * nt and T * I * 3 * H * D * B >= PARALLEL_SPLIT_MACS
+        nchunks = -(-nt // (D * B)) if split else 1
         w = p.gemm_weights()
         if nt != nthreads:
             numba.set_num_threads(nt)

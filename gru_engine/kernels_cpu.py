@@ -410,6 +410,77 @@ def matmul_rows(V, nb, RT, G, go):
         i += 1
 
 
+@njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)
+def _rows_item(
+    w, nblk, rb, bx, RTa, RTb, Rb_h, h, mask, use_mask, rev, lbr, acts, clip, approx,
+    zero_invalid, empty_zero, trev, Y, XPs, G, RH,
+):
+    """All steps of one work item of :func:`gru_rows` (direction, block of rb rows)."""
+    H = RTa.shape[1]
+    Bn = h.shape[1]
+    T = XPs.shape[1]
+    d = w // nblk
+    b0 = (w - d * nblk) * rb
+    nb = min(rb, Bn - b0)
+    g = G[w]
+    rh = RH[w]
+    hd = h[d, b0:b0 + nb]
+    bxd = bx[d]
+    RTad = RTa[d]
+    RTbd = RTb[d]
+    Rbd = Rb_h[d]
+    fc = int(acts[d, 0])
+    gc = int(acts[d, 3])
+    fa = acts[d, 1]
+    fb = acts[d, 2]
+    ga = acts[d, 4]
+    gb = acts[d, 5]
+    generic = not (fc == 0 and gc == 1 and clip <= 0.0)
+    reverse = rev[d] != 0
+    yo = d * H
+    nvalid = 0
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        to = T - 1 - t if trev[d] != 0 else t
+        if use_mask:
+            nvalid = 0
+            for i in range(nb):
+                if mask[b0 + i, t] != 0:
+                    nvalid += 1
+                elif zero_invalid:
+                    for j in range(H):
+                        Y[b0 + i, to, yo + j] = 0.0
+                else:
+                    for j in range(H):
+                        Y[b0 + i, to, yo + j] = hd[i, j]
+            if nvalid == 0:
+                continue
+        matmul_rows(hd, nb, RTad, g, 0)
+        if not lbr:
+            for i in range(nb):
+                _zr_gates(XPs[d * Bn + b0 + i, t], 0, bxd, g[i], hd[i], rh[i], H, approx, generic, fc, fa, fb, clip)
+            matmul_rows(rh, nb, RTbd, g, 2 * H)
+        for i in range(nb):
+            if use_mask and mask[b0 + i, t] == 0:
+                continue
+            xp = XPs[d * Bn + b0 + i, t]
+            yb = Y[b0 + i, to]
+            if generic:
+                _gates_generic(xp, 0, bxd, g[i], Rbd, hd[i], H, lbr, fc, fa, fb, gc, ga, gb, clip, yb, yo)
+            else:
+                _gates_fused(xp, 0, bxd, g[i], Rbd, hd[i], H, lbr, approx, yb, yo)
+    if empty_zero:
+        for i in range(nb):
+            valid = False
+            for t in range(T):
+                if mask[b0 + i, t] != 0:
+                    valid = True
+                    break
+            if not valid:
+                for j in range(H):
+                    hd[i, j] = 0.0
+
+
 @njit(cache=True, fastmath=_FM, error_model=_EM, parallel=True, nogil=True)
 def gru_rows(
     x, WTd, bx, RTa, RTb, Rb_h, h, mask, use_mask, rev, lbr, acts, clip, approx,
@@ -447,76 +518,27 @@ def gru_rows(
     # BLAS would cost startup time and a second thread pool to coordinate)
     nw = D * Bn
     tc = (T + nchunks - 1) // nchunks if nchunks > 0 else T
-    for c in prange(nw * nchunks):
-        w = c // nchunks
-        t0 = (c - w * nchunks) * tc
-        t1 = min(t0 + tc, T)
-        if t1 > t0:
-            d = w // Bn
-            b = w - d * Bn
-            matmul_rows(x[b, t0:t1], t1 - t0, WTd[d], XPs[w, t0:t1], 0)
+    if nw * nchunks == 1:
+        if T > 0:
+            matmul_rows(x[0], T, WTd[0], XPs[0], 0)
+    else:
+        for c in prange(nw * nchunks):
+            w = c // nchunks
+            t0 = (c - w * nchunks) * tc
+            t1 = min(t0 + tc, T)
+            if t1 > t0:
+                d = w // Bn
+                b = w - d * Bn
+                matmul_rows(x[b, t0:t1], t1 - t0, WTd[d], XPs[w, t0:t1], 0)
     nblk = (Bn + rb - 1) // rb
-    for w in prange(D * nblk):
-        d = w // nblk
-        b0 = (w - d * nblk) * rb
-        nb = min(rb, Bn - b0)
-        g = G[w]
-        rh = RH[w]
-        hd = h[d, b0:b0 + nb]
-        bxd = bx[d]
-        RTad = RTa[d]
-        RTbd = RTb[d]
-        Rbd = Rb_h[d]
-        fc = int(acts[d, 0])
-        gc = int(acts[d, 3])
-        fa = acts[d, 1]
-        fb = acts[d, 2]
-        ga = acts[d, 4]
-        gb = acts[d, 5]
-        generic = not (fc == 0 and gc == 1 and clip <= 0.0)
-        reverse = rev[d] != 0
-        yo = d * H
-        nvalid = 0
-        for s in range(T):
-            t = T - 1 - s if reverse else s
-            to = T - 1 - t if trev[d] != 0 else t
-            if use_mask:
-                nvalid = 0
-                for i in range(nb):
-                    if mask[b0 + i, t] != 0:
-                        nvalid += 1
-                    elif zero_invalid:
-                        for j in range(H):
-                            Y[b0 + i, to, yo + j] = 0.0
-                    else:
-                        for j in range(H):
-                            Y[b0 + i, to, yo + j] = hd[i, j]
-                if nvalid == 0:
-                    continue
-            matmul_rows(hd, nb, RTad, g, 0)
-            if not lbr:
-                for i in range(nb):
-                    _zr_gates(XPs[d * Bn + b0 + i, t], 0, bxd, g[i], hd[i], rh[i], H, approx, generic, fc, fa, fb, clip)
-                matmul_rows(rh, nb, RTbd, g, 2 * H)
-            for i in range(nb):
-                if use_mask and mask[b0 + i, t] == 0:
-                    continue
-                xp = XPs[d * Bn + b0 + i, t]
-                yb = Y[b0 + i, to]
-                if generic:
-                    _gates_generic(xp, 0, bxd, g[i], Rbd, hd[i], H, lbr, fc, fa, fb, gc, ga, gb, clip, yb, yo)
-                else:
-                    _gates_fused(xp, 0, bxd, g[i], Rbd, hd[i], H, lbr, approx, yb, yo)
-        if empty_zero:
-            for i in range(nb):
-                valid = False
-                for t in range(T):
-                    if mask[b0 + i, t] != 0:
-                        valid = True
-                        break
-                if not valid:
-                    for j in range(H):
-                        hd[i, j] = 0.0
+    nitems = D * nblk
+    if nitems == 1:  # no parallel region: its barrier would only wait for idle threads
+        _rows_item(0, nblk, rb, bx, RTa, RTb, Rb_h, h, mask, use_mask, rev, lbr, acts, clip, approx,
+                   zero_invalid, empty_zero, trev, Y, XPs, G, RH)
+    else:
+        for w in prange(nitems):
+            _rows_item(w, nblk, rb, bx, RTa, RTb, Rb_h, h, mask, use_mask, rev, lbr, acts, clip, approx,
+                       zero_invalid, empty_zero, trev, Y, XPs, G, RH)
 
 
 @njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)
