@@ -323,8 +323,10 @@ class Stream:
         if cls is Stream and isinstance(model, Model) and any(type(la) not in STEP_BUILDERS for la in model.layers):
             from .stream_layers import LayerStream, stream_refusal
 
-            if stream_refusal(model) is None:
-                return LayerStream(model, batch_size)
+            why = stream_refusal(model)
+            if why:
+                raise StreamingError(why)
+            return LayerStream(model, batch_size)
         return super().__new__(cls)
 
     def __init__(self, model: Model, batch_size: int = 1):

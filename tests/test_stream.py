@@ -108,6 +108,7 @@ def _assert_state(state, h_run):
         np.testing.assert_allclose(state, h_run, atol=ATOL, rtol=0)
 
 
+@slow_without_jit
 @pytest.mark.parametrize("lbr", [0, 1])
 def test_1000_steps_match_oracle_and_run(lbr):
     """The fast float32 sigmoid/tanh keep 1e-5 agreement over 1000 steps (oracle: float64 ONNX GRU)."""
@@ -266,9 +267,9 @@ def test_step_out_allocates_nothing():
         peak_alloc = tracemalloc.get_traced_memory()[1] - base
     finally:
         tracemalloc.stop()
-    assert peak < 1024, peak
     assert peak_alloc >= 4 * O  # the check can see an output allocation
-    if not NO_JIT:
+    if not NO_JIT:  # (the plain-Python kernels of NUMBA_DISABLE_JIT=1 make temporaries)
+        assert peak < 1024, peak
         from numba.core.runtime import _nrt_python, rtsys
 
         _nrt_python.memsys_enable_stats()
@@ -433,6 +434,23 @@ def test_threads_give_sequential_results():
         t.join()
     for a, b in zip(seq, par):
         np.testing.assert_array_equal(np.array(a), np.array(b))
+
+
+def test_conv_models_stream_layer_by_layer():
+    """Layers without a step op (a causal Conv1D) stream through LayerStream; look-ahead ones are refused."""
+    from gru_engine.layers import Conv1D
+    from gru_engine.stream_layers import LayerStream
+
+    rng = np.random.default_rng(11)
+    conv = Conv1D(kernel=rng.normal(size=(4, 2, 3)).astype(np.float32), padding="causal", name="c")
+    model = Model((conv, gru(rng, 4, 5)), 2)
+    x = rng.normal(size=(1, 9, 2)).astype(np.float32)
+    s = model.stream()
+    assert isinstance(s, LayerStream)
+    np.testing.assert_allclose(s.run(x), model.run(x)[0], atol=ATOL)
+    same = Model((Conv1D(kernel=conv.kernel, padding="same", name="c2"), gru(rng, 4, 5)), 2)
+    with pytest.raises(StreamingError, match="'c2'.*same"):
+        same.stream()
 
 
 def test_step_registry_lists_layers():
