@@ -303,3 +303,17 @@ def test_demo_without_onnxruntime_or_matplotlib(capsys, tmp_path, monkeypatch):
     rc, out, err = run_cli(capsys, "demo", "--plot", tmp_path / "f.png")
     assert_one_line_error(rc, err, "--plot needs matplotlib: pip install 'gru-engine[plot]'")
     assert not (tmp_path / "f.png").exists()
+
+
+def test_validate_and_info_keras_file(capsys, tmp_path):
+    keras = pytest.importorskip("keras")
+    pytest.importorskip("h5py")
+    keras.utils.set_random_seed(0)
+    km = keras.Sequential([keras.Input((None, 3)), keras.layers.GRU(4, return_sequences=True),
+                           keras.layers.Dense(2, activation="sigmoid")])
+    km.save(tmp_path / "m.keras")
+    rc, out, err = run_cli(capsys, "validate", tmp_path / "m.keras", "--against", "keras")
+    assert rc == 0, out + err
+    assert "PASS" in out
+    rc, out, err = run_cli(capsys, "info", tmp_path / "m.keras")
+    assert rc == 0 and "GRU(3->4, forward, lbr=1)" in out and "Dense(4->2, sigmoid)" in out
