@@ -929,7 +929,10 @@ def _gru_options(gc: dict, where: str, keras2: bool = False) -> dict:
         "units": units,
         "acts": (f, g),
         "use_bias": bool(gc.get("use_bias", True)),
-        "reset_after": bool(gc.get("reset_after", True)),
+        # The key is absent only in Keras 2.0-2.1 files, which predate reset_after (reset before):
+        # resolved from the bias shape in _gru_arrays, else reset before for Keras 1/2 files.
+        "reset_after": bool(gc["reset_after"]) if "reset_after" in gc else None,
+        "keras2": keras2,
         "return_sequences": bool(gc.get("return_sequences", False)),
         "return_state": bool(gc.get("return_state", False)),
         "go_backwards": bool(gc.get("go_backwards", False)),
@@ -953,10 +956,13 @@ def _gru_arrays(arrs: list, opts: dict, in_size: int | None, src: str, where: st
     _check(src, where + sub, "kernel", kernel, (I, 3 * H))
     _check(src, where + sub, "recurrent_kernel", rk, (H, 3 * H))
     bias = None
+    reset_after = opts["reset_after"]
+    if reset_after is None:
+        reset_after = arrs[2].ndim == 2 if opts["use_bias"] else not opts["keras2"]
     if opts["use_bias"]:
         bias = arrs[2]
-        _check(src, where + sub, "bias", bias, (2, 3 * H) if opts["reset_after"] else (3 * H,))
-    W, R, B, lbr = keras_gru_to_onnx(kernel, rk, bias, opts["reset_after"])
+        _check(src, where + sub, "bias", bias, (2, 3 * H) if reset_after else (3 * H,))
+    W, R, B, lbr = keras_gru_to_onnx(kernel, rk, bias, reset_after)
     return W, R, B, lbr, I
 
 
@@ -1177,7 +1183,9 @@ class _Builder:
         self._check_state(node, where, fo, is_last)
         w = self.weights(node, ("forward_layer/cell", "backward_layer/cell"))
         Wf, Rf, Bf, lbr, I = _gru_arrays(w["forward_layer/cell"], fo, self.size, self.src, where, " forward GRU")
-        Wb, Rb, Bb, _, _ = _gru_arrays(w["backward_layer/cell"], bo, I, self.src, where, " backward GRU")
+        Wb, Rb, Bb, lbr_b, _ = _gru_arrays(w["backward_layer/cell"], bo, I, self.src, where, " backward GRU")
+        if lbr_b != lbr:
+            raise ModelFileError(f"{self.src!r}: {where}: the forward and backward GRU biases disagree on reset_after")
         names, alphas, betas = _act_lists([fo["acts"], bo["acts"]])
         rs = fo["return_sequences"]
         self.layers.append(

@@ -496,3 +496,18 @@ def test_initial_state_and_shared_layers_rejected(kdir):
     out = L.GRU(2)(shared(shared(L.Dense(3)(inp))))
     with pytest.raises(UnsupportedError, match=r"'shared' \(Dense\) is called 2 times"):
         from_keras(_save(keras.Model(inp, out), kdir, "shared.keras"))
+
+
+def test_keras2_files_without_reset_after_key(saved, kdir):
+    """Keras 2.0-2.1 configs have no reset_after key: those GRUs reset before (lbr 0)."""
+    _m, paths, x, y = saved("reset_before_hard_sigmoid")
+    p = os.path.join(kdir, "old_k2.h5")
+    KM.as_keras2_h5(paths["h5"], p)
+    with h5py.File(p, "r+") as h:
+        cfg = json.loads(h.attrs["model_config"])
+        for layer in cfg["config"]["layers"]:
+            layer["config"].pop("reset_after", None)
+        h.attrs["model_config"] = json.dumps(cfg)
+    model = from_keras(p, keras_version="3")  # Keras 3's hard_sigmoid, to compare with Keras 3
+    assert [g.linear_before_reset for g in model.gru_layers] == [0, 0]
+    assert _err(model, x, y, ("reset_before_hard_sigmoid", "keras2-no-reset_after")) <= TOL
