@@ -546,6 +546,15 @@ class CudaStream:
 
     @state.setter
     def state(self, value) -> None:
+        """Validated like ``model.run(initial_state=...)`` (host or device arrays), as the CPU Stream."""
+        if not self._states:
+            raise StreamingError("state cannot be set: the model has no GRU layer")
+        if not is_device_array(value) and not (
+            isinstance(value, (list, tuple)) and any(is_device_array(v) for v in value)
+        ):
+            parts = value if isinstance(value, (list, tuple)) else [value]
+            if not all(np.all(np.isfinite(np.asarray(v, dtype=np.float64))) for v in parts):
+                raise InputShapeError("state must be finite, got NaN or inf values")
         self.dm._set_states(self._states, value, self.batch_size)
 
     def copy(self) -> CudaStream:

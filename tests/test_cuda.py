@@ -538,3 +538,17 @@ def test_gpu_benchmark_script_smoke():
     rows = [line for line in p.stdout.splitlines() if line.startswith("|     8 |")]
     assert len(rows) == 2 and "wrong" not in p.stdout, p.stdout
     assert "engine_us_per_step" in p.stdout, p.stdout
+
+
+@needs_cuda
+def test_stream_state_setter_checks_like_the_cpu_stream():
+    rng = np.random.default_rng(13)
+    model = forward_model(rng)
+    s = model.stream(2, device="cuda")
+    with pytest.raises(InputShapeError, match="state must be finite"):
+        s.state = np.full((2, 2, 4), np.nan, np.float32)
+    with pytest.raises(InputShapeError, match="initial_state must have shape"):
+        s.state = np.zeros((2, 3, 4), np.float32)
+    dense_only = Model((Dense(kernel=f32(rng, 3, 2)),))
+    with pytest.raises(StreamingError, match="no GRU layer"):
+        dense_only.stream(1, device="cuda").state = np.zeros((1, 1, 1), np.float32)
