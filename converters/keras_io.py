@@ -999,6 +999,14 @@ class _Builder:
         where = _where(node)
         if cls in NOOP_LAYERS:
             return
+        pol = node.cfg.get("dtype") if isinstance(node.cfg, dict) else None
+        if str(_policy_name(pol)).startswith(("int8", "int4", "float8", "gptq")) or (
+            isinstance(pol, dict) and "Quantized" in str(pol.get("class_name"))
+        ):
+            raise UnsupportedError(
+                f"{where}: quantized layers (dtype policy {json.dumps(pol.get('config') if isinstance(pol, dict) else pol)}) "
+                "are not supported; supported: float weights"
+            )
         handler = getattr(self, f"_l_{cls}", None)
         if handler is None and self._add_other(node, where):
             return

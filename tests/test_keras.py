@@ -511,3 +511,10 @@ def test_keras2_files_without_reset_after_key(saved, kdir):
     model = from_keras(p, keras_version="3")  # Keras 3's hard_sigmoid, to compare with Keras 3
     assert [g.linear_before_reset for g in model.gru_layers] == [0, 0]
     assert _err(model, x, y, ("reset_before_hard_sigmoid", "keras2-no-reset_after")) <= TOL
+
+
+def test_quantized_layer_rejected(kdir):
+    m = keras.Sequential([keras.Input((KM.T, KM.F)), L.GRU(4), L.Dense(2, name="dq")])
+    m.quantize("int8")
+    with pytest.raises(UnsupportedError, match=r"'dq' \(Dense\): quantized layers.*int8"):
+        from_keras(_save(m, kdir, "quantized.keras"))
