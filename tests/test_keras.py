@@ -518,3 +518,32 @@ def test_quantized_layer_rejected(kdir):
     m.quantize("int8")
     with pytest.raises(UnsupportedError, match=r"'dq' \(Dense\): quantized layers.*int8"):
         from_keras(_save(m, kdir, "quantized.keras"))
+
+
+def _torch_out(model, x):
+    torch = pytest.importorskip("torch")
+    from converters import to_torch
+
+    module = to_torch(model).eval()
+    with torch.no_grad():
+        out = module(torch.from_numpy(x.astype(np.int64) if model.takes_tokens else x))
+    return (out[0] if isinstance(out, tuple) else out).numpy()
+
+
+@pytest.mark.parametrize("case", ["seq_basic", "embedding_no_mask", "bidirectional_torch"])
+def test_round_trip_keras_to_torch(saved, kdir, case):
+    """Keras -> engine -> converters.to_torch (nn.Module) with no TensorFlow, compared with Keras."""
+    if case == "bidirectional_torch":  # PyTorch has no reset_after=False / hard_sigmoid GRU
+        KM._seed(6)
+        m = keras.Sequential([keras.Input((KM.T, KM.F)), L.Bidirectional(L.GRU(4, return_sequences=True), merge_mode="ave"),
+                              L.Bidirectional(L.GRU(3)), L.Dense(2)])
+        KM._randomise(m, 6)
+        x = KM.inputs_for("float")
+        y = KM.predict(m, x)
+        path = _save(m, kdir, "bidirectional_torch.keras")
+    else:
+        _m, paths, x, y = saved(case)
+        path = paths["keras"]
+    err = float(np.abs(_torch_out(from_keras(path), x) - y).max())
+    WORST[(case, "torch")] = err
+    assert err <= TOL, f"{case}: to_torch vs Keras {err:.3g}"
