@@ -56,6 +56,11 @@ def saved(kdir):
     if WORST:
         (case, fmt), err = max(WORST.items(), key=lambda kv: kv[1])
         print(f"\nworst |engine - keras| over {len(WORST)} conversions: {err:.3g} ({case}, {fmt})")
+        for kind in ("onnxruntime", "torch"):
+            sub = {k: v for k, v in WORST.items() if k[1] == kind}
+            if sub:
+                (case, _), err = max(sub.items(), key=lambda kv: kv[1])
+                print(f"worst |{kind} - keras| over {len(sub)} round trips: {err:.3g} ({case})")
 
 
 def _err(model, x, y, key):
