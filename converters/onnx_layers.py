@@ -414,4 +414,15 @@ def _interp_node(interp, node, ins):
         chain = chain + (layer,)
         size = layer.output_size(size)
     axes = tuple("F" if c == "f" else label[c] for c in out_layout)
+    # A layer that changes the number of steps: graphs exported with static shapes (dynamo)
+    # spell the new length in later reshapes, so the interpreter's static time size follows.
+    tlab = label.get("t")
+    if tlab not in (None, "1") and any(getattr(la, "changes_time", False) for la in layers):
+        T = interp.static.get(interp.norm_label(tlab))
+        if isinstance(T, int):
+            for la in layers:
+                T = la.output_length(T) if hasattr(la, "output_length") else (
+                    T + sum(la.padding) if isinstance(la, ZeroPadding1D) else T)
+            for lab in {tlab, interp.norm_label(tlab)}:
+                interp.static[lab] = T
     return _Seq(axes, chain, {"F": size})

@@ -730,15 +730,17 @@ def test_torch_module_capture(torch, rng, tmp_path, which):
             LayerStream(em)
 
 
-def test_torch_onnx_file_dynamo(torch, rng, tmp_path):
-    """A dynamo-exported ONNX file of the conv model, read with gru_engine.load."""
+@pytest.mark.parametrize("which", ["conv_gru", "norm_pool"])
+def test_torch_onnx_file_dynamo(torch, rng, tmp_path, which):
+    """Dynamo-exported ONNX files (static shapes spelled in reshapes, also after a stride and
+    pooling shortened the sequence), read with gru_engine.load."""
     import gru_engine
     from converters.torch_io import export_module_onnx
 
-    ConvGRU, _ = _torch_modules(torch)
+    ConvGRU, NormPool = _torch_modules(torch)
     torch.manual_seed(5)
-    module = ConvGRU().eval()
-    x = r32(rng, 2, 9, 4, scale=1.0)
+    module = _randomise_bn(torch, ConvGRU() if which == "conv_gru" else NormPool())
+    x = r32(rng, 2, 12, 4, scale=1.0)
     p = os.path.join(tmp_path, "dyn.onnx")
     with open(p, "wb") as f:
         f.write(export_module_onnx(module, torch.from_numpy(x), dynamo=True))
