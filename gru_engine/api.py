@@ -258,6 +258,10 @@ ROW_BLOCK = 4
 #: Runs with fewer multiply-adds than this use one thread (a parallel launch costs ~10 us).
 PARALLEL_MIN_MACS = 1 << 21
 
+#: Row kernel: compute the input projection with the hand kernel inside numba (True) or
+#: with one NumPy BLAS product before it (False).
+PROJECT_IN_KERNEL = False
+
 #: Input projections of fewer multiply-adds than this are not split over time chunks.
 PARALLEL_SPLIT_MACS = 1 << 24
 GEMM_MIN_MACS = 1 << 20
@@ -269,7 +273,7 @@ _DUMMY_RT = {np.float32: np.zeros((1, 1, 1), np.float32), np.float64: np.zeros((
 def choose_gru_path(B: int, H: int, D: int, threads: int) -> str:
     if GRU_PATH != "auto":
         return GRU_PATH
-    if B >= GEMM_MIN_ROWS and B * H * 3 * H >= GEMM_MIN_MACS:
+    if B >= GEMM_MIN_ROWS and (B * H * 3 * H >= GEMM_MIN_MACS or B >= GEMM_ALWAYS_ROWS):
         return "gemm"
     return "rows"
 
@@ -300,7 +304,10 @@ def _run_gru(layer: GRU, i: int, x: np.ndarray, ctx: RunContext):
         nt = nthreads if D * B * T * 3 * H * (I + H) >= PARALLEL_MIN_MACS else 1
         rb = max(1, min(ROW_BLOCK, B * D // nt))
         nblk = -(-B // rb)
-        XPs = np.empty((D * B, T, 3 * H), dtype)
+        XP = np.empty((B, T, D * 3 * H), dtype)
+        project = PROJECT_IN_KERNEL
+        if not project:  # one GEMM on NumPy's BLAS for all rows, steps and directions
+            np.matmul(x.reshape(B * T, I), p.WT, out=XP.reshape(B * T, D * 3 * H))
         G = np.empty((D * nblk, rb, 3 * H), dtype)
         RH = np.empty((D * nblk, rb, H), dtype)
         # one recurrence item (batch 1, one direction): the projection alone is split over
@@ -314,7 +321,7 @@ def _run_gru(layer: GRU, i: int, x: np.ndarray, ctx: RunContext):
             K.gru_rows(
                 x, p.WTd, p.bx, w[0], w[-1] if len(w) > 1 else _DUMMY_RT[dtype.type], p.Rb_h,
                 hs, mask, use_mask, p.rev, p.lbr, p.acts, p.clip,
-                approx, zero_invalid, ctx.from_lengths and use_mask, p.trev, Y, XPs, G, RH, nchunks, rb,
+                approx, zero_invalid, ctx.from_lengths and use_mask, p.trev, Y, XP, G, RH, nchunks, rb, project,
             )
         finally:
             if nt != nthreads:

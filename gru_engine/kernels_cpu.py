@@ -413,12 +413,12 @@ def matmul_rows(V, nb, RT, G, go):
 @njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)
 def _rows_item(
     w, nblk, rb, bx, RTa, RTb, Rb_h, h, mask, use_mask, rev, lbr, acts, clip, approx,
-    zero_invalid, empty_zero, trev, Y, XPs, G, RH,
+    zero_invalid, empty_zero, trev, Y, XP, G, RH,
 ):
     """All steps of one work item of :func:`gru_rows` (direction, block of rb rows)."""
     H = RTa.shape[1]
     Bn = h.shape[1]
-    T = XPs.shape[1]
+    T = XP.shape[1]
     d = w // nblk
     b0 = (w - d * nblk) * rb
     nb = min(rb, Bn - b0)
@@ -438,6 +438,7 @@ def _rows_item(
     generic = not (fc == 0 and gc == 1 and clip <= 0.0)
     reverse = rev[d] != 0
     yo = d * H
+    xo = d * 3 * H
     nvalid = 0
     for s in range(T):
         t = T - 1 - s if reverse else s
@@ -458,17 +459,17 @@ def _rows_item(
         matmul_rows(hd, nb, RTad, g, 0)
         if not lbr:
             for i in range(nb):
-                _zr_gates(XPs[d * Bn + b0 + i, t], 0, bxd, g[i], hd[i], rh[i], H, approx, generic, fc, fa, fb, clip)
+                _zr_gates(XP[b0 + i, t], xo, bxd, g[i], hd[i], rh[i], H, approx, generic, fc, fa, fb, clip)
             matmul_rows(rh, nb, RTbd, g, 2 * H)
         for i in range(nb):
             if use_mask and mask[b0 + i, t] == 0:
                 continue
-            xp = XPs[d * Bn + b0 + i, t]
+            xp = XP[b0 + i, t]
             yb = Y[b0 + i, to]
             if generic:
-                _gates_generic(xp, 0, bxd, g[i], Rbd, hd[i], H, lbr, fc, fa, fb, gc, ga, gb, clip, yb, yo)
+                _gates_generic(xp, xo, bxd, g[i], Rbd, hd[i], H, lbr, fc, fa, fb, gc, ga, gb, clip, yb, yo)
             else:
-                _gates_fused(xp, 0, bxd, g[i], Rbd, hd[i], H, lbr, approx, yb, yo)
+                _gates_fused(xp, xo, bxd, g[i], Rbd, hd[i], H, lbr, approx, yb, yo)
     if empty_zero:
         for i in range(nb):
             valid = False
@@ -484,7 +485,7 @@ def _rows_item(
 @njit(cache=True, fastmath=_FM, error_model=_EM, parallel=True, nogil=True)
 def gru_rows(
     x, WTd, bx, RTa, RTb, Rb_h, h, mask, use_mask, rev, lbr, acts, clip, approx,
-    zero_invalid, empty_zero, trev, Y, XPs, G, RH, nchunks, rb,
+    zero_invalid, empty_zero, trev, Y, XP, G, RH, nchunks, rb, project,
 ):
     """Whole sequences, one work item per (direction, block of ``rb`` batch rows), items
     spread over threads; each item runs all its steps with no synchronisation.
@@ -504,8 +505,8 @@ def gru_rows(
     the float32 rational activations. zero_invalid: masked steps output 0 (else the
     previous output). empty_zero: a row without a valid step ends with h = 0. trev (D,)
     uint8: write step t's output at T-1-t. Y (B, T, D*H) output.
-    Scratch, one slice per work item (no sharing between threads): XPs (D*B, T, 3H)
-    projections; G (D*nblk, rb, 3H) recurrent products; RH (D*nblk, rb, H) r * h, where
+    XP (B, T, D*3H): input projections x W' (no bias), computed here when ``project``
+    (else given). Scratch, one slice per work item (no sharing between threads): G (D*nblk, rb, 3H) recurrent products; RH (D*nblk, rb, H) r * h, where
     nblk = ceil(B / rb). nchunks: time chunks per row for the input projection (> 1 lets
     batch-1 runs project on all threads).
     """
@@ -518,9 +519,11 @@ def gru_rows(
     # BLAS would cost startup time and a second thread pool to coordinate)
     nw = D * Bn
     tc = (T + nchunks - 1) // nchunks if nchunks > 0 else T
-    if nw * nchunks == 1:
+    if not project:
+        pass
+    elif nw * nchunks == 1:
         if T > 0:
-            matmul_rows(x[0], T, WTd[0], XPs[0], 0)
+            matmul_rows(x[0], T, WTd[0], XP[0], 0)
     else:
         for c in prange(nw * nchunks):
             w = c // nchunks
@@ -529,16 +532,16 @@ def gru_rows(
             if t1 > t0:
                 d = w // Bn
                 b = w - d * Bn
-                matmul_rows(x[b, t0:t1], t1 - t0, WTd[d], XPs[w, t0:t1], 0)
+                matmul_rows(x[b, t0:t1], t1 - t0, WTd[d], XP[b, t0:t1], d * 3 * H)
     nblk = (Bn + rb - 1) // rb
     nitems = D * nblk
     if nitems == 1:  # no parallel region: its barrier would only wait for idle threads
         _rows_item(0, nblk, rb, bx, RTa, RTb, Rb_h, h, mask, use_mask, rev, lbr, acts, clip, approx,
-                   zero_invalid, empty_zero, trev, Y, XPs, G, RH)
+                   zero_invalid, empty_zero, trev, Y, XP, G, RH)
     else:
         for w in prange(nitems):
             _rows_item(w, nblk, rb, bx, RTa, RTb, Rb_h, h, mask, use_mask, rev, lbr, acts, clip, approx,
-                       zero_invalid, empty_zero, trev, Y, XPs, G, RH)
+                       zero_invalid, empty_zero, trev, Y, XP, G, RH)
 
 
 @njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)
