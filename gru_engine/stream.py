@@ -401,14 +401,15 @@ class Stream:
             out[...] = out2
         return out
 
-    def _coerce(self, x, out):
+    def _coerce(self, x, out, rows=None):
         prog = self._prog
+        rows = self.batch_size if rows is None else rows
         if prog.takes_tokens:
             x = V.as_tokens("x", x, prog.vocab)
-            V.check_ndim("x", x, "(rows,) token ids", 1)
+            V.check_ndim("x", x, f"({rows},) token ids", 1)
         else:
             x = V.as_float("x", x, prog.dtype)
-            V.check_ndim("x", x, f"(rows, {prog.in_size})", 2)
+            V.check_ndim("x", x, f"({rows}, {prog.in_size})", 2)
         if not isinstance(out, np.ndarray):
             raise InputTypeError(f"out must be a numpy array, got {type(out).__name__}")
         if out.dtype != prog.dtype:
@@ -647,7 +648,7 @@ class StreamPool:
         try:
             rc = k(prog.P, self._S, slots, x, out)
         except TypeError:
-            x, o2 = Stream._coerce(self, x, out)
+            x, o2 = Stream._coerce(self, x, out, n)
             slots = np.ascontiguousarray(slots, np.int64)
             rc = k(prog.P, self._S, slots, x, o2)
             if rc == 0 and o2 is not out:
