@@ -749,6 +749,37 @@ def test_torch_onnx_file_dynamo(torch, rng, tmp_path, which):
         np.testing.assert_allclose(em.run(x)[0], module(torch.from_numpy(x)).numpy(), atol=TOL, rtol=0)
 
 
+@pytest.mark.parametrize("red", ["mean", "amax", "adaptive_avg_pool1d"])
+def test_torch_time_reductions_after_gru(torch, rng, red):
+    """y.mean(1) / y.amax(1) / adaptive_avg_pool1d(., 1) after a GRU -> global pooling layers."""
+    from converters.torch_io import from_torch
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = torch.nn.GRU(4, 5, batch_first=True)
+            self.lin = torch.nn.Linear(5, 2)
+
+        def forward(self, x):
+            y, _ = self.gru(x)
+            if red == "mean":
+                y = y.mean(dim=1)
+            elif red == "amax":
+                y = y.amax(dim=1)
+            else:
+                y = torch.nn.functional.adaptive_avg_pool1d(y.transpose(1, 2), 1).squeeze(-1)
+            return self.lin(y)
+
+    torch.manual_seed(2)
+    module = Head().eval()
+    x = r32(rng, 2, 7, 4, scale=1.0)
+    em = from_torch(module, torch.from_numpy(x))
+    assert any(type(la).__name__.startswith("Global") for la in em.layers)
+    x2 = r32(rng, 3, 11, 4, scale=1.0)
+    with torch.no_grad():
+        np.testing.assert_allclose(em.run(x2)[0], module(torch.from_numpy(x2)).numpy(), atol=TOL, rtol=0)
+
+
 def test_full_models_to_onnx_onnxruntime(rng, tmp_path):
     """gru_engine.save of models mixing these layers with GRUs: onnxruntime == engine, and reload."""
     import gru_engine
