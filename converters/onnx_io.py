@@ -1579,6 +1579,12 @@ class _Interp:
                 i += 1
                 if self.dim_eq(prod, t):
                     break
+                if len(group) == 1 and isinstance(self.norm_dim(src[i - 1]), _Sym) and isinstance(t, int) and t > 1 \
+                        and self.norm_label(axes[i - 1]) in ("T", "B", "x0", "x1"):
+                    # the exporter wrote the example's batch / time size as a constant (the graph only
+                    # runs at that size); the engine keeps the axis dynamic
+                    prod = t
+                    break
             if not self.dim_eq(prod, t):
                 fail()
             real = [a for a, d in zip(group, src[i - len(group): i]) if not (a in ("1", "D") and self.dim_eq(d, 1))]
