@@ -202,7 +202,10 @@ class _Source:
         if not os.path.exists(src):
             raise ModelFileError(f"Keras model file {src!r} does not exist")
         if os.path.isdir(src):
-            raise ModelFileError(f"Keras model file {src!r} must be a file, got a directory")
+            raise ModelFileError(
+                f"Keras model file {src!r} must be a file, got a directory (a TensorFlow SavedModel is not "
+                "supported: save the model with model.save('model.keras'))"
+            )
         with open(src, "rb") as f:
             magic = f.read(8)
         if magic[:2] == b"PK":
