@@ -234,10 +234,24 @@ def measure(hidden_sizes=(16, 32, 64, 128, 256), input_sizes=("1", "H"), repeats
     return rows
 
 
-def measure_pool(hidden_sizes=(32, 64, 128, 256), n_streams=1000, repeats=7, log=print) -> list[dict]:
+def measure_pool(hidden_sizes=(32, 64, 128, 256), n_streams=1000, repeats=15, log=print) -> list[dict]:
     """Throughput of a StreamPool stepping ``n_streams`` streams in one call (input size = H)."""
     from gru_engine import GRU, Model, StreamPool
 
+    try:  # one BLAS thread, like the other contenders (threaded BLAS stalls on a busy 2-core machine)
+        from threadpoolctl import threadpool_limits
+
+        limit = threadpool_limits(1, user_api="blas")
+    except ImportError:
+        limit = None
+    try:
+        return _measure_pool(StreamPool, GRU, Model, hidden_sizes, n_streams, repeats, log)
+    finally:
+        if limit is not None:
+            limit.restore_original_limits()
+
+
+def _measure_pool(StreamPool, GRU, Model, hidden_sizes, n_streams, repeats, log):
     rows = []
     for H in hidden_sizes:
         W, R, B = _weights(H, H)
@@ -249,8 +263,8 @@ def measure_pool(hidden_sizes=(32, 64, 128, 256), n_streams=1000, repeats=7, log
         x = np.random.default_rng(1).normal(size=(n_streams, H)).astype(np.float32)
         out = np.empty((n_streams, H), np.float32)
         res = {}
-        for label, thr in (("serial", n_streams + 1), ("parallel", 1)):
-            pool.parallel_threshold = thr
+        for label, thr in (("rows", n_streams + 1), ("batched", 1)):
+            pool.batch_threshold = thr
             pool.step_slots(slots, x, out)
             ts = []
             for _ in range(repeats):
@@ -258,17 +272,20 @@ def measure_pool(hidden_sizes=(32, 64, 128, 256), n_streams=1000, repeats=7, log
                 pool.step_slots(slots, x, out)
                 ts.append(time.perf_counter() - t)
             res[label] = float(np.median(ts))
+        pool.batch_threshold = 32
         row = {
             "H": H, "I": H, "streams": n_streams,
-            "call_ms_serial": res["serial"] * 1e3, "call_ms_parallel": res["parallel"] * 1e3,
-            "stream_steps_per_s_serial": n_streams / res["serial"],
-            "stream_steps_per_s_parallel": n_streams / res["parallel"],
-            "us_per_stream_step_parallel": res["parallel"] / n_streams * 1e6,
+            "call_ms_rows": res["rows"] * 1e3, "call_ms_batched": res["batched"] * 1e3,
+            "stream_steps_per_s_rows": n_streams / res["rows"],
+            "stream_steps_per_s_batched": n_streams / res["batched"],
+            "us_per_stream_step_rows": res["rows"] / n_streams * 1e6,
+            "us_per_stream_step_batched": res["batched"] / n_streams * 1e6,
         }
         rows.append(row)
         if log:
-            log(f"pool H={H}: {n_streams} streams per call: serial {row['call_ms_serial']:.2f} ms, "
-                f"parallel {row['call_ms_parallel']:.2f} ms ({row['stream_steps_per_s_parallel'] / 1e6:.2f} M stream-steps/s)")
+            log(f"pool H={H}: {n_streams} streams per call: serial {row['call_ms_rows']:.2f} ms "
+                f"({row['stream_steps_per_s_rows'] / 1e6:.2f} M stream-steps/s), "
+                f"batched {row['call_ms_batched']:.2f} ms ({row['stream_steps_per_s_batched'] / 1e6:.2f} M/s)")
     return rows
 
 
@@ -332,15 +349,17 @@ def to_markdown(rows, pool_rows, env, command) -> str:
     if pool_rows:
         lines += [
             "",
-            f"StreamPool: {pool_rows[0]['streams']} independent streams stepped in one `step_slots` call (I = H, `out=` given).",
+            f"StreamPool: {pool_rows[0]['streams']} independent streams stepped in one `step_slots` call (I = H, `out=` given, "
+            "BLAS limited to 1 thread): the fused row kernel (one stream after another) vs the batched path (BLAS products "
+            "over all rows, the default from 32 rows).",
             "",
-            "| H | serial ms/call | 2-thread ms/call | stream-steps/s (threads) | us per stream-step |",
-            "|---:|---:|---:|---:|---:|",
+            "| H | row kernel: ms/call | stream-steps/s | batched BLAS path: ms/call | stream-steps/s | us per stream-step |",
+            "|---:|---:|---:|---:|---:|---:|",
         ]
         for p in pool_rows:
             lines.append(
-                f"| {p['H']} | {p['call_ms_serial']:.2f} | {p['call_ms_parallel']:.2f} | "
-                f"{p['stream_steps_per_s_parallel']:,.0f} | {p['us_per_stream_step_parallel']:.2f} |"
+                f"| {p['H']} | {p['call_ms_rows']:.2f} | {p['stream_steps_per_s_rows']:,.0f} | "
+                f"{p['call_ms_batched']:.2f} | {p['stream_steps_per_s_batched']:,.0f} | {p['us_per_stream_step_batched']:.2f} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -356,7 +375,7 @@ def main(argv=None):
     hs = (32, 128) if args.quick else (16, 32, 64, 128, 256)
     reps = args.repeats or (5 if args.quick else 15)
     rows = measure(hs, repeats=reps)
-    pool_rows = measure_pool((64,) if args.quick else (32, 64, 128, 256), repeats=3 if args.quick else 7)
+    pool_rows = measure_pool((64,) if args.quick else (32, 64, 128, 256), repeats=5 if args.quick else 15)
     command = "python bench/step_latency.py" + (" --quick" if args.quick else "") + (f" --repeats {args.repeats}" if args.repeats else "")
     md = to_markdown(rows, pool_rows, environment(), command)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from . import config
 
@@ -486,19 +486,6 @@ def step_slots(P, S, slots, x, out):
     return OK
 
 
-def step_slots_parallel(P, S, slots, x, out):
-    """Pool step, rows spread over threads (many streams per call)."""
-    M = program(P)
-    if x.shape[1] != M[H_IN_SIZE]:
-        return ERR_X_SHAPE
-    rc = _pool_checks(P, M, S, slots, x.shape[0], out)
-    if rc != OK:
-        return rc
-    for i in prange(slots.shape[0]):
-        _step_one(P, M, S[slots[i]], x[i], out[i])
-    return OK
-
-
 def step_slots_tokens(P, S, slots, ids, out):
     """Pool step on token ids (n,) int64, serial."""
     M = program(P)
@@ -513,6 +500,99 @@ def step_slots_tokens(P, S, slots, ids, out):
     return OK
 
 
+# ----------------------------------------------------------------------------- batched pool path
+# Many streams at once: the products go to BLAS as (n, I) @ (I, 3H) matrices (the weights are
+# read once per call instead of once per stream); these kernels gather the states by slot,
+# apply the gates row by row and scatter the new states back.
+
+
+@njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)
+def gather_rows(S, slots, off, n, out):
+    """out[i, :n] = S[slots[i], off:off+n]."""
+    for i in range(slots.shape[0]):
+        r = S[slots[i]]
+        o = out[i]
+        for j in range(n):
+            o[j] = r[off + j]
+
+
+@njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)
+def gru_rows_zr(P, m, G, Gh, Hs, RH, fast):
+    """Batched GRU, stage 1: z, r = f(G + bx + Gh) into G[:, :2H]; lbr = 0: RH = r * h.
+
+    G (n, 3H) = X W'; Gh (n, 3H) = H R'; Hs (n, H) states; m: the GRU op's slots.
+    """
+    H = np.int64(m[2])
+    bx = P[m[7] : m[7] + 3 * H]
+    acts = P[m[10] : m[10] + 7]
+    fc = int(acts[0])
+    clip = acts[6]
+    use_fast = fast != 0 and fc == 0 and int(acts[3]) == 1 and clip <= 0.0
+    for i in range(G.shape[0]):
+        g = G[i]
+        gh = Gh[i]
+        if use_fast:
+            for j in range(2 * H):
+                g[j] = _sigmoid_fast(g[j] + bx[j] + gh[j])
+        else:
+            for j in range(2 * H):
+                v = g[j] + bx[j] + gh[j]
+                if clip > 0.0:
+                    v = min(max(v, -clip), clip)
+                g[j] = _rnn_act(fc, v, acts[1], acts[2])
+        if m[9] == 0:
+            h = Hs[i]
+            rh = RH[i]
+            for k in range(H):
+                rh[k] = g[H + k] * h[k]
+
+
+@njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)
+def gru_rows_out(P, m, S, slots, G, Gh, Ghh, Hs, fast):
+    """Batched GRU, stage 2: h~ and the new state, written to Hs (n, H) and S[slots, h]."""
+    H = np.int64(m[2])
+    ho = np.int64(m[4])
+    bx = P[m[7] : m[7] + 3 * H]
+    Rb_h = P[m[8] : m[8] + H]
+    lbr = m[9]
+    acts = P[m[10] : m[10] + 7]
+    gc = int(acts[3])
+    clip = acts[6]
+    use_fast = fast != 0 and int(acts[0]) == 0 and gc == 1 and clip <= 0.0
+    one = np.float32(1.0)
+    for i in range(G.shape[0]):
+        g = G[i]
+        gh = Gh[i]
+        ghh = Ghh[i]
+        h = Hs[i]
+        srow = S[slots[i]]
+        for j in range(H):
+            if lbr:
+                pre = g[2 * H + j] + bx[2 * H + j] + g[H + j] * (gh[2 * H + j] + Rb_h[j])
+            else:
+                pre = g[2 * H + j] + bx[2 * H + j] + ghh[j]
+            if use_fast:
+                ht = _tanh_fast(pre)
+            else:
+                if clip > 0.0:
+                    pre = min(max(pre, -clip), clip)
+                ht = _rnn_act(gc, pre, acts[4], acts[5])
+            z = g[j]
+            hn = (one - z) * ht + z * h[j]
+            h[j] = hn
+            srow[ho + j] = hn
+
+
+@njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)
+def bias_act_rows(Y, b, code, alpha):
+    """Y[i] = act(Y[i] + b) for each row (Dense / Activation in the batched path)."""
+    for i in range(Y.shape[0]):
+        y = Y[i]
+        for j in range(y.shape[0]):
+            y[j] += b[j]
+        _dense_act(y, code, alpha)
+
+
 # Compiled entry points. float32 (the fast path) is compiled for exactly one signature, so a
 # wrong dtype or layout raises TypeError at the call instead of compiling a new version (the
 # Python wrapper then converts and retries); float64 models use lazily compiled twins.
@@ -525,14 +605,12 @@ KERNELS = {
         "rows": njit(_F32.format(x="f4[:, ::1]"), **_J)(step_rows),
         "rows_tokens": njit(_F32.format(x="i8[::1]"), **_J)(step_rows_tokens),
         "slots": njit(_F32_SLOTS.format(x="f4[:, ::1]"), **_J)(step_slots),
-        "slots_parallel": njit(_F32_SLOTS.format(x="f4[:, ::1]"), parallel=True, **_J)(step_slots_parallel),
         "slots_tokens": njit(_F32_SLOTS.format(x="i8[::1]"), **_J)(step_slots_tokens),
     },
     np.dtype(np.float64): {
         "rows": njit(**_J)(step_rows),
         "rows_tokens": njit(**_J)(step_rows_tokens),
         "slots": njit(**_J)(step_slots),
-        "slots_parallel": njit(parallel=True, **_J)(step_slots_parallel),
         "slots_tokens": njit(**_J)(step_slots_tokens),
     },
 }

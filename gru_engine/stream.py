@@ -518,18 +518,22 @@ class StreamPool:
 
     Streams are opened and closed by id (any hashable: a user id, a channel name).
     ``step(ids, x)`` steps the listed streams together: row ``i`` of ``x`` goes to stream
-    ``ids[i]``; the kernel gathers and scatters the states by slot index, so a call costs
-    one kernel launch whatever the subset. With ``out=`` nothing is allocated except the
-    id -> slot lookup; ``step_slots(pool.slots(ids), x, out)`` skips that too.
+    ``ids[i]``. Each stream's state is a row of one preallocated array; kernels gather and
+    scatter the rows by slot index. Small calls run the fused step kernel row by row; calls
+    with at least ``batch_threshold`` rows run each layer's products as BLAS matrix
+    products over all the rows (weights read once per call, not once per stream) with
+    preallocated buffers. With ``out=`` no array is allocated except the id -> slot lookup;
+    ``step_slots(pool.slots(ids), x, out)`` skips that too.
 
     Parameters
     ----------
     model : the model.
     capacity : the most streams open at once (the state array is allocated once).
-    parallel_threshold : calls with at least this many rows spread them over threads.
+    batch_threshold : calls with at least this many rows use the batched BLAS path (models
+        with Masking layers or token inputs always use the row kernel).
     """
 
-    def __init__(self, model: Model, capacity: int, parallel_threshold: int = 256):
+    def __init__(self, model: Model, capacity: int, batch_threshold: int = 32):
         if not isinstance(capacity, (int, np.integer)) or isinstance(capacity, bool) or capacity < 1:
             raise InputShapeError(f"capacity must be a positive integer, got {capacity!r}")
         self.model = model
@@ -539,12 +543,39 @@ class StreamPool:
         self._slot: dict[Hashable, int] = {}
         self._free = list(range(self.capacity - 1, -1, -1))
         k = KS.KERNELS[prog.dtype]
-        if prog.takes_tokens:
-            self._serial = self._parallel = k["slots_tokens"]
-        else:
-            self._serial, self._parallel = k["slots"], k["slots_parallel"]
-        self.parallel_threshold = int(parallel_threshold)
+        self._serial = k["slots_tokens" if prog.takes_tokens else "slots"]
+        self.batch_threshold = int(batch_threshold)
         self._slotbuf = np.empty(self.capacity, np.int64)
+        self._plan = self._batched_plan()
+
+    def _batched_plan(self):
+        """Per-layer matrices (views into the weight buffer) and row buffers for the batched path."""
+        prog, cap, dt = self._prog, self.capacity, self._prog.dtype
+        if prog.takes_tokens:
+            return None
+        M, P, W = prog.M, prog.P, KS.OP_WIDTH
+        plan = []
+        for i in range(int(M[KS.H_NOPS])):
+            m = np.ascontiguousarray(M[KS.HEADER + i * W : KS.HEADER + (i + 1) * W])
+            code = int(m[0])
+            if code == KS.OP_GRU:
+                I, H = int(m[1]), int(m[2])
+                C = 3 * H
+                WT = P[m[5] : m[5] + I * C].reshape(I, C)
+                RT = P[m[6] : m[6] + H * C].reshape(H, C)
+                bufs = [np.empty((cap, C), dt), np.empty((cap, C), dt), np.empty((cap, H), dt),
+                        np.empty((cap, H), dt), np.empty((cap, H), dt)]
+                plan.append(("gru", m, WT, RT, RT[:, 2 * H :], bufs))
+            elif code == KS.OP_DENSE:
+                n_in, n_out = int(m[1]), int(m[2])
+                K = P[m[5] : m[5] + n_in * n_out].reshape(n_in, n_out)
+                plan.append(("dense", K, P[m[6] : m[6] + n_out], int(m[7]), P[m[8]], np.empty((cap, n_out), dt)))
+            elif code == KS.OP_ACT:
+                F = int(m[1])
+                plan.append(("act", None, np.zeros(F, dt), int(m[4]), P[m[5]], np.empty((cap, F), dt)))
+            else:  # Masking (per-row mask semantics): row kernel only
+                return None
+        return plan
 
     def __len__(self) -> int:
         return len(self._slot)
@@ -641,10 +672,12 @@ class StreamPool:
 
     def _step(self, slots, x, out, ids):
         prog = self._prog
-        n = slots.shape[0]
+        n = len(slots)
         if out is None:
             out = np.empty((n, prog.out_size), prog.dtype)
-        k = self._parallel if n >= self.parallel_threshold else self._serial
+        if self._plan is not None and n >= self.batch_threshold:
+            return self._step_batched(slots, x, out, ids)
+        k = self._serial
         try:
             rc = k(prog.P, self._S, slots, x, out)
         except TypeError:
@@ -655,6 +688,46 @@ class StreamPool:
                 out[...] = o2
         if rc:
             raise _error(rc, "StreamPool.step:", x, out, prog, n, ids)
+        return out
+
+    def _step_batched(self, slots, x, out, ids):
+        prog, S, P = self._prog, self._S, self._prog.P
+        n = len(slots)
+        slots = np.ascontiguousarray(slots, np.int64)
+        x, o = Stream._coerce(self, x, out, n)
+        if x.shape != (n, prog.in_size):
+            raise _error(KS.ERR_X_SHAPE if x.shape[0] == n else KS.ERR_SLOTS_SHAPE, "StreamPool.step:", x, out, prog, n, ids)
+        if o.shape != (n, prog.out_size):
+            raise _error(KS.ERR_OUT_SHAPE, "StreamPool.step:", x, out, prog, n, ids)
+        rc = KS._claim_slots(S, slots)
+        if rc:
+            raise _error(rc, "StreamPool.step:", x, out, prog, n, ids)
+        fast = int(prog.M[KS.H_FAST])
+        cur = x
+        for kind, *item in self._plan:
+            if kind == "gru":
+                m, WT, RT, RTh, bufs = item
+                G, Gh, Hs, RH, Ghh = (a[:n] for a in bufs)
+                np.matmul(cur, WT, out=G)
+                KS.gather_rows(S, slots, int(m[4]), int(m[2]), Hs)
+                np.matmul(Hs, RT, out=Gh)
+                KS.gru_rows_zr(P, m, G, Gh, Hs, RH, fast)
+                if not m[9]:
+                    np.matmul(RH, RTh, out=Ghh)
+                KS.gru_rows_out(P, m, S, slots, G, Gh, Ghh, Hs, fast)
+                cur = Hs
+            else:  # dense / act
+                K, bias, code, alpha, buf = item
+                Y = buf[:n]
+                if K is not None:
+                    np.matmul(cur, K, out=Y)
+                else:
+                    Y[...] = cur
+                KS.bias_act_rows(Y, bias, code, alpha)
+                cur = Y
+        o[...] = cur
+        if o is not out:
+            out[...] = o
         return out
 
     def __repr__(self) -> str:

@@ -350,23 +350,26 @@ def test_step_input_errors_and_conversion():
 
 # ----------------------------------------------------------------------------- StreamPool
 
-def test_pool_matches_separate_streams():
+@pytest.mark.parametrize("lbr", [0, 1])
+def test_pool_matches_separate_streams(lbr):
+    """Subsets stepped by the row kernel (< 3 rows) and the batched BLAS path (>= 3 rows)."""
     rng = np.random.default_rng(7)
-    model = Model((gru(rng, 3, 6), dense(rng, 6, 2, "tanh")))
-    pool = StreamPool(model, capacity=8, parallel_threshold=3)
+    model = Model((gru(rng, 3, 6, lbr=lbr), gru(rng, 6, 5, lbr=1 - lbr), dense(rng, 5, 2, "tanh"), Activation(activation="softsign")))
+    pool = StreamPool(model, capacity=8, batch_threshold=3)
     ids = ["a", ("b", 2), 7, "d", "e"]
     singles = {i: model.stream() for i in ids}
     for i in ids:
         pool.open(i)
     out = np.empty((5, 2), np.float32)
     for t in range(15):
-        subset = [ids[j] for j in rng.permutation(5)[: rng.integers(1, 6)]]  # serial and parallel paths
+        subset = [ids[j] for j in rng.permutation(5)[: rng.integers(1, 6)]]
         x = rng.normal(size=(len(subset), 3)).astype(np.float32)
         y = pool.step(subset, x, out=out[: len(subset)])
         for r, i in enumerate(subset):
             np.testing.assert_allclose(y[r], singles[i].step(x[r : r + 1])[0], atol=1e-6)
     for i in ids:
-        np.testing.assert_allclose(pool.state(i), singles[i].state, atol=1e-6)
+        for a, b in zip(pool.state(i), singles[i].state):
+            np.testing.assert_allclose(a, b, atol=1e-6)
     slots = pool.slots(["e", 7])
     x = rng.normal(size=(2, 3)).astype(np.float32)
     y = pool.step_slots(slots, x)
@@ -399,6 +402,15 @@ def test_pool_open_close_errors():
         pool.step(["u2", "u2"], np.zeros((2, 2), np.float32))
     with pytest.raises(InputShapeError, match="same number of rows"):
         pool.step(["u2"], np.zeros((2, 2), np.float32))
+    batched = StreamPool(model, capacity=3, batch_threshold=1)  # the same checks on the BLAS path
+    batched.open("a")
+    batched.open("b")
+    with pytest.raises(StreamingError, match=r"stream id 'a' must appear once per call"):
+        batched.step(["b", "a", "a"], np.zeros((3, 2), np.float32))
+    with pytest.raises(StreamingError, match="must be open"):
+        batched.step_slots(np.array([0, 2]), np.zeros((2, 2), np.float32))
+    with pytest.raises(InputShapeError, match=r"x must have shape \(2, 2\)"):
+        batched.step(["a", "b"], np.zeros((2, 3), np.float32))
     pool.open("u3")  # the freed slot is reused, with a fresh zero state
     assert np.all(pool.state("u3") == 0)
     pool.reset("u2")
