@@ -172,6 +172,7 @@ def test_random_bare_gru_vs_onnxruntime(cfg):
     assert err <= 1e-5 * scale, (err, scale, cfg)
 
 
+@slow_without_jit
 @pytest.mark.parametrize("direction", list(D_OF))
 @pytest.mark.parametrize("lbr", [0, 1])
 def test_long_sequence_default_activations(direction, lbr):
