@@ -58,6 +58,27 @@ class PreparedGRU:
             self._packed["WTd"] = a
         return a
 
+    def tile_weights(self, ntiles: int) -> np.ndarray:
+        """(D, n, 3, H, w): R' per hidden-unit tile for :func:`kernels_cpu.gru_tiles`."""
+        key = ("tiles", ntiles)
+        a = self._packed.get(key)
+        if a is None:
+            D, H = self.R.shape[0], self.R.shape[2]
+            w = -(-H // ntiles)
+            w = -(-w // 16) * 16
+            n = -(-H // w)
+            a = np.zeros((D, n, 3, H, w), self.R.dtype)
+            gw = self.gemm_weights()
+            for d in range(D):
+                blocks = [gw[0][d][:, g * H:(g + 1) * H] for g in range(3)] if self.lbr else \
+                    [gw[0][d][:, :H], gw[0][d][:, H:], gw[1][d]]
+                for c in range(n):
+                    j0, j1 = c * w, min((c + 1) * w, H)
+                    for g in range(3):
+                        a[d, c, g, :, : j1 - j0] = blocks[g][:, j0:j1]
+            self._packed[key] = a
+        return a
+
     def gemm_weights(self):
         """(RT,) for lbr = 1 or (RTzr, RTh) for lbr = 0: ``R[d]'`` split as the GEMM path needs."""
         w = self._packed.get("gemm")
@@ -244,13 +265,22 @@ def merge_directions(merge: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 #: Which GRU kernel path runs: "auto", "rows" (whole sequence in one numba kernel, one
-#: work item per direction and batch row) or "gemm" (a BLAS GEMM per step for all rows,
-#: then a fused numba gate kernel). Tests and benchmarks set it to force a path.
+#: work item per direction and block of batch rows), "gemm" (a BLAS GEMM per step for all
+#: rows, then a fused numba gate kernel) or "tiles" (batch 1: hidden units split across
+#: threads at every step). Tests and benchmarks set it to force a path.
 GRU_PATH = "auto"
 
 #: The GEMM path wins once a step's recurrent product is big enough for BLAS to pay off
 #: (measured on a 2-core Zen 3: B=16/H=128 is about even; B=64 or H >= 256 with B >= 8 gain).
 GEMM_MIN_ROWS = 8
+
+#: Batch 1, one direction, H at least this, several threads: hidden-unit tiles across
+#: threads (a parallel loop per step) instead of one work item -- when TILES_AUTO is on.
+#: It is off: on the shared 2-core machine the per-step barrier (256 per sequence) made
+#: B=1/H=512 20x slower whenever other processes competed for the cores (2.8 s vs 0.14 s
+#: for the single-item row kernel at load average 6); force it with GRU_PATH = "tiles".
+TILES_AUTO = False
+TILE_MIN_H = 256
 
 #: Batch rows per work item of the row kernel (they share each load of the weights).
 ROW_BLOCK = 4
@@ -299,7 +329,24 @@ def _run_gru(layer: GRU, i: int, x: np.ndarray, ctx: RunContext):
     approx = dtype == np.float32
     nthreads = threads.get_num_threads()
     path = choose_gru_path(B, H, D, nthreads)
-    if path == "rows":
+    if TILES_AUTO and path == "rows" and D * B == 1 and nthreads > 1 and H >= TILE_MIN_H and GRU_PATH == "auto":
+        path = "tiles"
+    if path == "tiles" and B != 1:
+        path = "rows"
+    if path == "tiles":
+        XP = np.empty((B, T, D * 3 * H), dtype)
+        np.matmul(x.reshape(B * T, I), p.WT, out=XP.reshape(B * T, D * 3 * H))
+        RTt = p.tile_weights(nthreads)
+        Gt = np.empty(RTt.shape[1:3] + RTt.shape[4:], dtype)
+        hn = np.empty(H, dtype)
+        rhs = np.empty((1, H), dtype)
+        for d in range(D):
+            K.gru_tiles(
+                XP, d * 3 * H, p.bx[d], RTt[d], p.Rb_h[d], hs[d], mask, use_mask, bool(p.rev[d]), p.lbr,
+                p.acts[d], p.clip, approx, zero_invalid, ctx.from_lengths and use_mask, bool(p.trev[d]),
+                Y, d * H, Gt, hn, rhs,
+            )
+    elif path == "rows":
         # small runs stay on the calling thread: waking the pool costs more than it saves
         nt = nthreads if D * B * T * 3 * H * (I + H) >= PARALLEL_MIN_MACS else 1
         rb = max(1, min(ROW_BLOCK, B * D // nt))

@@ -545,6 +545,105 @@ def gru_rows(
 
 
 @njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)
+def _tile_gates(phase, xp, xo, bx, gt, Rb_h, hb, rh, hout, j0, w, H, lbr, approx, generic, acts, clip):
+    """Gates of hidden units [j0, j0+w) for :func:`gru_tiles`; gt (3, >=w) tile products.
+
+    phase 0 (lbr = 0 only): rh[j] = r_j * h_j and gt[0] <- z. phase 1: hout[j] = new h_j.
+    """
+    one = hb.dtype.type(1.0)
+    fc = int(acts[0])
+    gc = int(acts[3])
+    for jj in range(w):
+        j = j0 + jj
+        if phase == 0 or lbr:
+            pz = xp[xo + j] + bx[j] + gt[0, jj]
+            pr = xp[xo + H + j] + bx[H + j] + gt[1, jj]
+            if generic:
+                z = rnn_act(fc, _clip(pz, clip), acts[1], acts[2])
+                r = rnn_act(fc, _clip(pr, clip), acts[1], acts[2])
+            elif approx:
+                z = fast_sigmoid(pz)
+                r = fast_sigmoid(pr)
+            else:
+                z = one / (one + math.exp(-pz))
+                r = one / (one + math.exp(-pr))
+            if phase == 0:
+                gt[0, jj] = z
+                rh[j] = r * hb[j]
+                continue
+            pre = xp[xo + 2 * H + j] + bx[2 * H + j] + r * (gt[2, jj] + Rb_h[j])
+        else:
+            z = gt[0, jj]
+            pre = xp[xo + 2 * H + j] + bx[2 * H + j] + gt[2, jj]
+        if generic:
+            n = rnn_act(gc, _clip(pre, clip), acts[4], acts[5])
+        elif approx:
+            n = fast_tanh(pre)
+        else:
+            n = math.tanh(pre)
+        hout[j] = (one - z) * n + z * hb[j]
+
+
+@njit(cache=True, fastmath=_FM, error_model=_EM, parallel=True, nogil=True)
+def gru_tiles(XP, xo, bx, RTt, Rb_h, h, mask, use_mask, reverse, lbr, acts, clip, approx,
+              zero_invalid, empty_zero, time_rev_out, Y, yo, Gt, hn, rh):
+    """One direction of one batch row, hidden units split in tiles across threads.
+
+    For batch 1 with a large H, where one work item per row would leave threads idle:
+    every step runs one parallel loop over tiles (two when lbr = 0, since R_h (r * h)
+    needs all of r * h), each tile computing its slice of the gates from the whole state.
+
+    XP (1, T, C) input projections (no bias), this direction at column xo; bx (3H,);
+    RTt (ntiles, 3, H, w): R' packed per tile, gate g's columns [j0, j0+w) of the tile
+    (zero-padded past H); Rb_h (H,); h (1, H) state in/out; mask (1, T) uint8;
+    acts (6,); Y (1, T, CY) outputs at column yo. Scratch: Gt (ntiles, 3, w), hn (H,),
+    rh (1, H). Other arguments as in :func:`gru_rows` (scalars for this direction).
+    """
+    ntiles = RTt.shape[0]
+    H = RTt.shape[2]
+    w = RTt.shape[3]
+    T = XP.shape[1]
+    hb = h[0]
+    generic = not (int(acts[0]) == 0 and int(acts[3]) == 1 and clip <= 0.0)
+    any_valid = False
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        to = T - 1 - t if time_rev_out else t
+        yb = Y[0, to]
+        if use_mask and mask[0, t] == 0:
+            for j in range(H):
+                yb[yo + j] = 0.0 if zero_invalid else hb[j]
+            continue
+        any_valid = True
+        xp = XP[0, t]
+        if lbr:
+            for c in prange(ntiles):
+                j0 = c * w
+                wc = min(w, H - j0)
+                for g in range(3):
+                    matmul_rows(h, 1, RTt[c, g], Gt[c, g:g + 1], 0)
+                _tile_gates(1, xp, xo, bx, Gt[c], Rb_h, hb, rh[0], hn, j0, wc, H, lbr, approx, generic, acts, clip)
+        else:
+            for c in prange(ntiles):
+                j0 = c * w
+                wc = min(w, H - j0)
+                matmul_rows(h, 1, RTt[c, 0], Gt[c, 0:1], 0)
+                matmul_rows(h, 1, RTt[c, 1], Gt[c, 1:2], 0)
+                _tile_gates(0, xp, xo, bx, Gt[c], Rb_h, hb, rh[0], hn, j0, wc, H, lbr, approx, generic, acts, clip)
+            for c in prange(ntiles):
+                j0 = c * w
+                wc = min(w, H - j0)
+                matmul_rows(rh, 1, RTt[c, 2], Gt[c, 2:3], 0)
+                _tile_gates(1, xp, xo, bx, Gt[c], Rb_h, hb, rh[0], hn, j0, wc, H, lbr, approx, generic, acts, clip)
+        for j in range(H):
+            hb[j] = hn[j]
+            yb[yo + j] = hn[j]
+    if empty_zero and not any_valid:
+        for j in range(H):
+            hb[j] = 0.0
+
+
+@njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)
 def gru_gates_step(
     XP, s, bx, G, Rb_h, h, mask, use_mask, rev, lbr, phase, acts, clip, approx,
     zero_invalid, trev, Y, RH,

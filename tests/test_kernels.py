@@ -202,6 +202,32 @@ def test_keras_masks(path, masked_output, direction, rng):
 
 
 @slow_without_jit
+@pytest.mark.parametrize("path", ["tiles"], indirect=True)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("lbr", [0, 1])
+@pytest.mark.parametrize("generic", [False, True])
+def test_hidden_tiles_vs_oracle(path, dtype, direction, lbr, generic, rng):
+    """Batch 1 with hidden units split over threads (H=40, 2 threads: tiles of 32 and 8, padded)."""
+    from gru_engine import threads
+
+    T, I, H = 11, 3, 40
+    kw = dict(activations=("HardSigmoid", "Softsign") * (2 if direction == "bidirectional" else 1), clip=2.0) if generic else {}
+    m, (W, R, Bw) = _model(rng, I, H, direction, lbr, dtype, **kw)
+    x = rng.standard_normal((1, T, I)).astype(dtype)
+    old = threads.get_num_threads()
+    try:
+        threads.set_num_threads(min(3, __import__("numba").config.NUMBA_NUM_THREADS))
+        for lengths in (None, [7], [0]):
+            y, h = api.run(m, x, lengths=lengths)
+            yr, hr = _oracle(x, W, R, Bw, lengths, direction=direction, linear_before_reset=lbr, **kw)
+            np.testing.assert_allclose(y, yr, atol=ATOL[dtype], rtol=0)
+            np.testing.assert_allclose(h, hr, atol=ATOL[dtype], rtol=0)
+    finally:
+        threads.set_num_threads(old)
+
+
+@slow_without_jit
 def test_auto_path_choice_and_threads_agree(rng):
     """The automatic choice (both paths reached), 1 and 2 threads: same results."""
     from gru_engine import threads
