@@ -1033,12 +1033,14 @@ class _Interp:
                         raise UnsupportedError(f"{self.label}: token input {inp.name!r} must have rank 2, got {len(dims)}")
                     v = _Seq(("x0", "x1"), (), {}, tokens=True)
                 elif elem in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16):
-                    if len(dims) != 3 or dims[2] is None:
+                    if len(dims) != 3:
                         raise UnsupportedError(
-                            f"{self.label}: input {inp.name!r} must have rank 3 with a fixed feature size, got "
+                            f"{self.label}: input {inp.name!r} must have rank 3 (batch, time, features), got "
                             f"shape {[d if d is not None else '?' for d in dims]}")
-                    v = _Seq(("x0", "x1", "F"), (), {"F": int(dims[2])})
-                    if dims[2] > config.MAX_DIM:
+                    # a symbolic feature size is fixed by the first layer's weights (the dict is shared
+                    # by the values derived from the input until a layer changes the features)
+                    v = _Seq(("x0", "x1", "F"), (), {"F": None if dims[2] is None else int(dims[2])})
+                    if dims[2] is not None and dims[2] > config.MAX_DIM:
                         raise ModelFileError(f"{self.label}: input {inp.name!r} feature size must be at most "
                                              f"{config.MAX_DIM}, got {dims[2]}")
                 else:
@@ -1874,6 +1876,8 @@ class _Interp:
         if not isinstance(w, np.ndarray) or w.ndim != 2:
             self.unsupported(node, "MatMul must multiply the data by a constant 2-D weight")
         v = self.plain(self.mat(v, node), node)
+        if v.axes[-1] == "F" and v.sizes.get("F") is None:
+            v.sizes["F"] = int(w.shape[0])
         F = v.sizes.get("F")
         if v.axes[-1] != "F" or F != w.shape[0]:
             raise ModelFileError(f"{self.where(node)}: weight {node.input[1]!r} must have shape ({F}, out), got {w.shape}")
@@ -1889,6 +1893,8 @@ class _Interp:
             self.unsupported(node, "Gemm must multiply the data by a constant 2-D weight")
         k = (w.T if a.get("transB", 0) else w).astype(np.float64) * float(a.get("alpha", 1.0))
         v = self.plain(self.mat(ins[0], node), node)
+        if v.axes[-1] == "F" and v.sizes.get("F") is None:
+            v.sizes["F"] = int(k.shape[0])
         F = v.sizes.get("F")
         if len(v.axes) != 2 or v.axes[-1] != "F" or F != k.shape[0]:
             raise ModelFileError(f"{self.where(node)}: Gemm weight {node.input[1]!r} must map {F} features, got "
@@ -1943,6 +1949,8 @@ class _Interp:
         x = self.mat(ins[0], node)
         if x.tokens or "D" in x.axes or len(x.axes) != 3 or x.axes[2] != "F":
             self.unsupported(node, "X must be a 3-D sequence with the features on the last axis")
+        if x.sizes.get("F") is None:
+            x.sizes["F"] = int(W.shape[2]) if W.ndim == 3 else None
         I = x.sizes["F"]
         if W.shape != (D, 3 * H, I):
             raise ModelFileError(f"{self.where(node)}: W ({node.input[1]!r}) must have shape ({D}, {3 * H}, {I}), "
@@ -2117,6 +2125,9 @@ class _Interp:
             else np.float32
         layers = [layer.astype(dtype) for layer in layers]
         x = self.x_seq
+        if not x.tokens and x.sizes.get("F") is None:
+            raise UnsupportedError(f"{self.label}: the feature size of input {self.x_name!r} must be fixed by the "
+                                   f"graph (its shape or its first layer's weights), got none")
         try:
             model = Model(tuple(layers), None if x.tokens else x.sizes["F"], self.g.name or "")
         except ModelDefinitionError as e:

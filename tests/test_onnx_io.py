@@ -475,3 +475,17 @@ if __name__ == "__main__":  # pragma: no cover - a measurement, not a test
         worst_rel = max(worst_rel, err / scale)
     print(f"{n} random configurations in {time.perf_counter() - t0:.1f} s: worst |engine - onnxruntime| "
           f"{worst_abs:.3g} where outputs are within [-1, 1]; worst error / max(1, |ref|) {worst_rel:.3g}")
+
+
+def test_symbolic_feature_size_is_taken_from_the_weights():
+    rng = np.random.default_rng(13)
+    W, R, B = weights(rng, 2, 5, 3)
+    proto = bare_gru_graph(W, R, B, direction="bidirectional")
+    dim = proto.graph.input[0].type.tensor_type.shape.dim[2]
+    dim.Clear()
+    dim.dim_param = "features"
+    feeds = {"X": rng.standard_normal((6, 2, 3)).astype(np.float32), "sequence_lens": np.array([6, 2], np.int32),
+             "initial_h": rng.uniform(-1, 1, (2, 2, 5)).astype(np.float32)}
+    assert from_onnx(proto).input_size == 3
+    for g, r in zip(run_loaded(proto, feeds), ort_session(proto).run(None, feeds)):
+        np.testing.assert_allclose(g, r, atol=1e-5, rtol=0)
