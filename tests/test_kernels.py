@@ -228,6 +228,33 @@ def test_hidden_tiles_vs_oracle(path, dtype, direction, lbr, generic, rng):
 
 
 @slow_without_jit
+@pytest.mark.parametrize("project", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B,direction,lbr", [(1, "forward", 1), (1, "reverse", 0), (6, "bidirectional", 1), (5, "forward", 0)])
+def test_row_kernel_projection_and_parallel_split(project, dtype, B, direction, lbr, rng, monkeypatch):
+    """Input projection in the kernel (split over time chunks at batch 1) or by NumPy, on 2 threads."""
+    from gru_engine import threads
+
+    monkeypatch.setattr(api, "GRU_PATH", "rows")
+    monkeypatch.setattr(api, "PROJECT_IN_KERNEL", project)
+    monkeypatch.setattr(api, "PARALLEL_MIN_MACS", 0)
+    monkeypatch.setattr(api, "PARALLEL_SPLIT_MACS", 0)
+    T, I, H = 70, 7, 9
+    m, (W, R, Bw) = _model(rng, I, H, direction, lbr, dtype)
+    x = rng.standard_normal((B, T, I)).astype(dtype)
+    lengths = rng.integers(0, T + 1, B)
+    old = threads.get_num_threads()
+    try:
+        threads.set_num_threads(min(2, __import__("numba").config.NUMBA_NUM_THREADS))
+        y, h = api.run(m, x, lengths=lengths)
+    finally:
+        threads.set_num_threads(old)
+    yr, hr = _oracle(x, W, R, Bw, lengths, direction=direction, linear_before_reset=lbr)
+    np.testing.assert_allclose(y, yr, atol=ATOL[dtype], rtol=0)
+    np.testing.assert_allclose(h, hr, atol=ATOL[dtype], rtol=0)
+
+
+@slow_without_jit
 def test_auto_path_choice_and_threads_agree(rng):
     """The automatic choice (both paths reached), 1 and 2 threads: same results."""
     from gru_engine import threads
