@@ -208,3 +208,76 @@ def global_pool(x, mask, use_mask, is_max, y):
             inv = 1.0 / cnt if cnt > 0 else math.nan
             for f in range(F):
                 yb[f] *= inv
+
+
+# ----------------------------------------------------------------------------- streaming
+
+
+@njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)
+def ring_put(ring, last, x):
+    """``ring[:, last] = x`` (x (B, F)): the newest input of a streaming window."""
+    for b in range(ring.shape[0]):
+        for f in range(ring.shape[2]):
+            ring[b, last, f] = x[b, f]
+
+
+@njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)
+def conv1d_ring(ring, last, x, Wp, bias, dilation, groups, y):
+    """One step of a causal convolution over a ring buffer (streaming): store the newest
+    input ``x`` (B, Cin) at ring index ``last``, then compute the output whose window ends there.
+
+    ring (B, S, Cin): the last S padded inputs, position p at ``ring[:, p % S]``. Tap k reads
+    the input ``(K-1-k)*dilation`` steps before the newest. Wp, bias as :func:`conv1d`;
+    y (B, Cout) (the caller applies the activation).
+    """
+    Bn = ring.shape[0]
+    S = ring.shape[1]
+    Cout = y.shape[1]
+    K = Wp.shape[0]
+    Cg = Wp.shape[1]
+    Og = Cout // groups
+    for b in range(Bn):
+        for f in range(ring.shape[2]):
+            ring[b, last, f] = x[b, f]
+    for b in range(Bn):
+        yo = y[b]
+        for oc in range(Cout):
+            yo[oc] = bias[oc]
+        for k in range(K):
+            xt = ring[b, (last - (K - 1 - k) * dilation + S) % S]
+            Wk = Wp[k]
+            for g in range(groups):
+                for c in range(Cg):
+                    xv = xt[g * Cg + c]
+                    Wc = Wk[c]
+                    for oc in range(g * Og, (g + 1) * Og):
+                        yo[oc] += xv * Wc[oc]
+
+
+@njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)
+def pool1d_ring(ring, last, pool, is_max, y):
+    """One output step of an unpadded pooling window ending at ring index ``last``
+    (see :func:`conv1d_ring`); y (B, F)."""
+    Bn = ring.shape[0]
+    S = ring.shape[1]
+    F = y.shape[1]
+    for b in range(Bn):
+        yo = y[b]
+        if is_max:
+            for f in range(F):
+                yo[f] = -math.inf
+        else:
+            for f in range(F):
+                yo[f] = 0.0
+        for j in range(pool):
+            xt = ring[b, (last - j + S) % S]
+            for f in range(F):
+                if is_max:
+                    if xt[f] > yo[f] or xt[f] != xt[f]:
+                        yo[f] = xt[f]
+                else:
+                    yo[f] += xt[f]
+        if not is_max:
+            inv = 1.0 / pool
+            for f in range(F):
+                yo[f] *= inv

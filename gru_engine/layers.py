@@ -236,6 +236,14 @@ class Conv1D(_Windowed, Layer):
             cache[key] = np.ascontiguousarray(self.kernel.transpose(2, 1, 0), dtype=dtype)
         return cache[key]
 
+    def bias_as(self, dtype) -> np.ndarray:
+        """The bias in ``dtype`` (cached)."""
+        cache = self.__dict__.setdefault("_bias_as", {})
+        key = np.dtype(dtype).str
+        if key not in cache:
+            cache[key] = np.ascontiguousarray(self.bias, dtype=dtype)
+        return cache[key]
+
     def describe(self) -> str:
         extra = [f"k={self.kernel_size}", self.padding if self.padding != "explicit" else f"pads={self.pads}"]
         if self.stride != 1:

@@ -34,10 +34,23 @@ import dataclasses
 
 import numpy as np
 
+from . import kernels_cpu as KC
+from . import kernels_layers as KL
 from . import validate as V
 from .errors import InputShapeError, StreamingError
-from .layers import Conv1D, ZeroPadding1D, _GlobalPooling1D, _Pooling1D, _Windowed
-from .model import DENSE_ACTIVATIONS, GRU, Embedding, Model
+from .layers import (
+    BatchNormalization,
+    Conv1D,
+    Flatten,
+    LayerNormalization,
+    Reshape,
+    UnitNormalization,
+    ZeroPadding1D,
+    _GlobalPooling1D,
+    _Pooling1D,
+    _Windowed,
+)
+from .model import DENSE_ACTIVATIONS, GRU, Activation, Embedding, Masking, Model
 
 
 def _where(layer, i: int) -> str:
@@ -64,27 +77,63 @@ class _Window:
         left = layer.pad_amounts(0)[0] if layer.padding != "valid" else 0
         self.left = left
         self.B, self.F, self.dtype = B, F, dtype
+        self.is_conv = isinstance(layer, Conv1D)
+        if self.is_conv:
+            self._conv_args = (layer.packed(dtype), layer.bias_as(dtype), layer.dilation, layer.groups,
+                               DENSE_ACTIVATIONS[layer.activation], dtype.type(layer.alpha))
         self.reset()
 
     def reset(self):
         self.P = self.left  # padded positions seen so far (left padding counts)
-        self.tail = np.zeros((self.B, min(self.left, self.span - 1), self.F), self.dtype)
+        self.ring = np.zeros((self.B, self.span, self.F), self.dtype)  # position p at [:, p % span]
         self.next_o = 0
 
+    def _tail(self) -> np.ndarray:
+        """The last ``min(P, span - 1)`` padded inputs, oldest first."""
+        L = min(self.P, self.span - 1)
+        idx = [(p % self.span) for p in range(self.P - L, self.P)]
+        return self.ring[:, idx]
+
     def push(self, x: np.ndarray, compute) -> np.ndarray:
-        layer, span, s = self.layer, self.span, self.layer.stride
+        """A chunk ``(B, n, F)`` in, the outputs whose windows it completes ``(B, m, F')`` out."""
+        span, s = self.span, self.layer.stride
         n = x.shape[1]
-        ext = np.concatenate([self.tail, x], axis=1) if self.tail.shape[1] else np.ascontiguousarray(x)
-        base = self.P - self.tail.shape[1]  # padded position of ext[:, 0]
+        tail = self._tail()
+        ext = np.concatenate([tail, x], axis=1) if tail.shape[1] else np.ascontiguousarray(x)
+        base = self.P - tail.shape[1]  # padded position of ext[:, 0]
         last = (self.P + n - span) // s if self.P + n >= span else -1
         m = max(0, last - self.next_o + 1)
         y = compute(ext, self.next_o * s - base, m)
-        self.P += n
+        P_new = self.P + n
+        for p in range(max(P_new - span, self.P), P_new):
+            self.ring[:, p % span] = ext[:, p - base]
+        self.P = P_new
         self.next_o += m
-        keep = min(span - 1, ext.shape[1])
-        self.tail = np.ascontiguousarray(ext[:, ext.shape[1] - keep :]) if keep else ext[:, :0]
-        del layer
         return y
+
+    def push_one(self, x_t: np.ndarray, out: np.ndarray):
+        """One step ``(B, F)`` without allocating: True (``out`` written), False (no output this
+        step), or None when this step is not the simple case (then nothing changed: use push)."""
+        span, s = self.span, self.layer.stride
+        P_new = self.P + 1
+        due = (P_new - span) // s - self.next_o + 1 if P_new >= span else 0
+        if due > 1 or (due == 1 and self.next_o * s + span != P_new):
+            return None
+        last = self.P % span
+        self.P = P_new
+        if due == 0:
+            KL.ring_put(self.ring, last, x_t)
+            return False
+        self.next_o += 1
+        if self.is_conv:
+            W, b, d, g, act, alpha = self._conv_args
+            KL.conv1d_ring(self.ring, last, x_t, W, b, d, g, out)
+            if act:
+                KC.dense_act_inplace(out, act, alpha)
+        else:
+            KL.ring_put(self.ring, last, x_t)
+            KL.pool1d_ring(self.ring, last, self.layer.pool_size, self.layer.is_max, out)
+        return True
 
 
 class LayerStream:
@@ -139,6 +188,8 @@ class LayerStream:
         self.output_size = model.output_size
         self._states = [np.zeros((1, B, g.hidden_size), self.dtype) for g in runner_grus]
         self._padded: set = set()  # ZeroPadding1D layers that emitted their left zeros
+        self._ctx = api.RunContext(model)
+        self._fast = self._plan_fast()
 
     def reset(self) -> None:
         """Back to the start: zero GRU states, empty receptive fields, padding re-armed."""
@@ -186,10 +237,9 @@ class LayerStream:
                     self._states[k][...] = s
         return np.ascontiguousarray(h, dtype=self.dtype)
 
-    def _push(self, h, ctx):
+    def _push(self, h, ctx, start: int = 0):
         api, B = self._api, self.batch_size
-        KL = _kernels()
-        for i, layer, win in self._layers:
+        for i, layer, win in self._layers[start:]:
             if h.shape[1] == 0:
                 return np.zeros((B, 0, self.output_size), self.dtype)
             if layer is None:  # a Stream over a GRU segment
@@ -197,7 +247,7 @@ class LayerStream:
             elif win is not None:
                 if ctx.mask is not None and layer.changes_time:
                     api.RUNNERS[type(layer)](layer, i, h[:, :0], ctx)  # raises the runner's mask error
-                h = win.push(np.ascontiguousarray(h), _compute(layer, KL, self.dtype))
+                h = win.push(np.ascontiguousarray(h), _compute(layer, self.dtype))
             elif isinstance(layer, ZeroPadding1D):
                 if layer.padding[0] and i not in self._padded:
                     self._padded.add(i)
@@ -216,21 +266,96 @@ class LayerStream:
         out : optional ``(B, out)`` array; a single output is written there and returned.
         """
         x = np.asarray(x_t)
-        if x.ndim != (1 if self.model.takes_tokens else 2):
-            doc = f"({self.batch_size},) token ids" if self.model.takes_tokens else f"({self.batch_size}, {self.model.input_size})"
+        B, model = self.batch_size, self.model
+        if x.ndim != (1 if model.takes_tokens else 2) or x.shape[0] != B or (
+            not model.takes_tokens and x.shape[1] != model.input_size
+        ):
+            doc = f"({B},) token ids" if model.takes_tokens else f"({B}, {model.input_size})"
             raise InputShapeError(f"x_t must have shape {doc}, got {x.shape}")
-        y = self.run(x[:, None])
-        m = y.shape[1]
-        if m == 0:
+        if out is not None and (not isinstance(out, np.ndarray) or out.shape != (B, self.output_size)):
+            raise InputShapeError(f"out must have shape ({B}, {self.output_size}), got {np.shape(out)}")
+        y = self._step_fast(x) if self._fast is not None else self.run(x[:, None])
+        if y is None:
             return None
-        if m > 1:
-            return y
+        if y.ndim == 3:
+            if y.shape[1] == 0:
+                return None
+            if y.shape[1] > 1:
+                return y
+            y = y[:, 0]
         if out is None:
-            return y[:, 0]
-        if not isinstance(out, np.ndarray) or out.shape != (self.batch_size, self.output_size):
-            raise InputShapeError(f"out must have shape ({self.batch_size}, {self.output_size}), got {np.shape(out)}")
-        out[...] = y[:, 0]
+            return y.copy()
+        out[...] = y
         return out
+
+    def _plan_fast(self):
+        """Per-layer step ops over preallocated buffers, or None (masks / runner GRUs)."""
+        if self._states or any(isinstance(la, Masking) for la in self.model.layers) or self.model.takes_tokens:
+            return None
+        B, dt = self.batch_size, self.dtype
+        plan, size = [], self.model.input_size
+        for i, layer, win in self._layers:
+            if layer is None:
+                size = win.output_size
+                plan.append(("stream", win, np.zeros((B, size), dt)))
+            elif win is not None:
+                size = layer.output_size(size)
+                plan.append(("win", win, np.zeros((B, size), dt)))
+            elif isinstance(layer, ZeroPadding1D):
+                plan.append(("pad", (i, layer.padding[0]), None))
+            elif isinstance(layer, BatchNormalization):
+                plan.append(("bn", layer.scale_shift(dt), np.zeros((B, size), dt)))
+            elif isinstance(layer, LayerNormalization):
+                plan.append(("ln", (layer.gamma.astype(dt), layer.beta.astype(dt), layer.epsilon), np.zeros((B, size), dt)))
+            elif isinstance(layer, UnitNormalization):
+                plan.append(("unit", layer.epsilon, np.zeros((B, size), dt)))
+            elif isinstance(layer, Activation):
+                plan.append(("act", (DENSE_ACTIVATIONS[layer.activation], dt.type(layer.alpha)), np.zeros((B, size), dt)))
+            elif isinstance(layer, (Flatten, Reshape)):
+                plan.append(("id", None, None))
+            else:
+                size = layer.output_size(size)
+                plan.append(("runner", (i, layer), None))
+        return plan
+
+    def _step_fast(self, x):
+        """One step through the plan; allocation-free for conv / pooling / normalization /
+        activation layers and fused Stream segments. Returns (B, out), None, or a chunk."""
+        h = np.ascontiguousarray(x, dtype=self.dtype)
+        for k, (kind, obj, buf) in enumerate(self._fast):
+            if kind == "stream":
+                h = obj.step(h, out=buf)
+            elif kind == "win":
+                done = obj.push_one(h, buf)
+                if done is None:  # not the simple one-in-one-out case: the chunk path from here
+                    return self._chunk_from(k, h)
+                if not done:
+                    return None
+                h = buf
+            elif kind == "pad":
+                if obj[1] and obj[0] not in self._padded:
+                    return self._chunk_from(k, h)
+            elif kind == "bn":
+                KL.affine_channels(h, obj[0], obj[1], buf)
+                h = buf
+            elif kind == "ln":
+                KL.layer_norm(h, obj[0], obj[1], obj[2], buf)
+                h = buf
+            elif kind == "unit":
+                KL.unit_norm(h, obj, buf)
+                h = buf
+            elif kind == "act":
+                buf[...] = h
+                KC.dense_act_inplace(buf, obj[0], obj[1])
+                h = buf
+            elif kind == "runner":
+                i, layer = obj
+                h = np.ascontiguousarray(self._api.RUNNERS[type(layer)](layer, i, h, self._ctx))
+        return h
+
+    def _chunk_from(self, k: int, h):
+        ctx = self._api.RunContext(self.model)
+        return self._push(np.ascontiguousarray(h)[:, None], ctx, start=k)
 
     @property
     def input_size(self) -> int | None:
@@ -241,12 +366,13 @@ class LayerStream:
         other = LayerStream(self.model, self.batch_size)
         for k, ((i, layer, mine), (_, _, theirs)) in enumerate(zip(self._layers, other._layers)):
             if isinstance(mine, _Window):
-                theirs.P, theirs.next_o, theirs.tail = mine.P, mine.next_o, mine.tail.copy()
+                theirs.P, theirs.next_o, theirs.ring = mine.P, mine.next_o, mine.ring.copy()
             elif layer is None:  # a fused Stream segment
                 other._layers[k] = (i, None, mine.copy())
         for a, b in zip(self._states, other._states):
             b[...] = a
         other._padded = set(self._padded)
+        other._fast = other._plan_fast()  # over the copied segments
         return other
 
     def __repr__(self) -> str:
@@ -257,7 +383,6 @@ def _gru_segments(model: Model) -> dict:
     """Start index -> end index of each run of layers the fused :class:`gru_engine.stream.Stream`
     steps (GRU / Dense / Activation / Embedding) that holds a GRU. None when the model has a
     Keras mask (it must reach the GRUs through the layers of this module)."""
-    from .model import Masking
     from .stream import STEP_BUILDERS
 
     if any(isinstance(la, Masking) or (isinstance(la, Embedding) and la.mask_zero) for la in model.layers):
@@ -273,13 +398,7 @@ def _gru_segments(model: Model) -> dict:
     return out
 
 
-def _kernels():
-    from . import kernels_layers as KL
-
-    return KL
-
-
-def _compute(layer, KL, dtype):
+def _compute(layer, dtype):
     def conv(ext, start, m):
         y = np.empty((ext.shape[0], m, layer.out_channels), dtype)
         if m:
@@ -287,8 +406,6 @@ def _compute(layer, KL, dtype):
             kern(ext, layer.packed(dtype), layer.bias.astype(dtype, copy=False), layer.stride, layer.dilation,
                  layer.groups, start, y)
             if layer.activation != "linear":
-                from . import kernels_cpu as KC
-
                 KC.dense_act_inplace(y.reshape(-1, y.shape[-1]), DENSE_ACTIVATIONS[layer.activation],
                                      dtype.type(layer.alpha))
         return y

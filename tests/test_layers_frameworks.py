@@ -205,6 +205,20 @@ def test_import_node_refusals():
 # =========================================================================== streaming
 
 
+def _stream_steps(model, x, out=False):
+    """Outputs of ``LayerStream.step`` over every step of x, concatenated ``(B, m, out)``."""
+    s = LayerStream(model, batch_size=x.shape[0])
+    buf = np.empty((x.shape[0], model.output_size), F32) if out else None
+    outs = []
+    for t in range(x.shape[1]):
+        y = s.step(x[:, t], out=buf)
+        if y is not None:
+            outs.append(y.copy() if y.ndim == 3 else y[:, None].copy())
+    if not outs:
+        return np.zeros((x.shape[0], 0, model.output_size), F32)
+    return np.concatenate(outs, axis=1)
+
+
 def _stream_all(model, x, sizes):
     s = LayerStream(model, batch_size=x.shape[0])
     outs, t = [], 0
@@ -238,6 +252,7 @@ def test_streaming_equals_whole_sequence(rng, k):
     x = r32(rng, 2, T, 3, scale=1.0)
     y = model.run(x)[0]
     steps, s = _stream_all(model, x, [1] * T)
+    np.testing.assert_allclose(_stream_steps(model, x), steps, atol=TOL, rtol=0)
     for trial in range(3):
         cuts = np.sort(rng.choice(np.arange(1, T), size=rng.integers(1, 6), replace=False))
         sizes = np.diff(np.concatenate([[0], cuts, [T]])).tolist()
@@ -310,6 +325,8 @@ def test_streaming_property_random_models():
         steps, _ = _stream_all(model, x, [1] * T)
         chunks, _ = _stream_all(model, x, sizes)
         np.testing.assert_allclose(chunks, steps, atol=TOL, rtol=0, err_msg=model.summary())
+        np.testing.assert_allclose(_stream_steps(model, x, out=bool(seed % 2)), steps, atol=TOL, rtol=0,
+                                   err_msg=model.summary())
         if model.output_is_sequence:
             assert steps.shape == y.shape, model.summary()
             np.testing.assert_allclose(steps, y, atol=TOL, rtol=0, err_msg=model.summary())
@@ -479,6 +496,7 @@ def test_keras_conv_bn_pad_pool_gru_dense_unitnorm(K, rng, tmp_path, pool):
     # streaming: this model is causal (left padding only), so steps equal the whole run
     steps, _ = _stream_all(em, x, [1] * x.shape[1])
     np.testing.assert_allclose(steps, ref, atol=TOL, rtol=0)
+    np.testing.assert_allclose(_stream_steps(em, x, out=True), ref, atol=TOL, rtol=0)
 
 
 def test_keras_symmetric_padding_runs_but_does_not_stream(K, rng, tmp_path):
