@@ -28,7 +28,11 @@ memory (state, ring buffers, scratch) with ``pb.row(n)`` and emits one op with
 ``pb.op(code, *slots)`` that :func:`gru_engine.kernels_step._run_row` executes. A causal
 Conv1D, for example, would reserve a ``(kernel_size - 1) * C`` ring buffer with ``pb.row``,
 register ``pb.add_state(...)`` so reset/copy see it, and add an ``OP_CONV1D`` branch to
-``_run_row``.
+``_run_row``. ``Stream.run`` then steps through chunks (api.run cannot carry such state) and
+``StreamPool`` uses its row kernel for the model (the batched path knows GRU, Dense and
+Activation ops only). Until then, models with layers that have no builder (conv, pooling)
+are streamed layer by layer by :class:`gru_engine.stream_layers.LayerStream`, which
+``Stream(model)`` / ``model.stream()`` return for them.
 """
 
 from __future__ import annotations
