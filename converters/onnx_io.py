@@ -612,7 +612,14 @@ def from_onnx(source, *, return_signature: bool = False, dtype=None):
     """Read an ONNX model (path, bytes or ``onnx.ModelProto``) as a :class:`gru_engine.Model`.
 
     With ``return_signature=True`` return ``(model, signature)``: the :class:`Signature`
-    mapping the graph's inputs and outputs onto ``Model.run``.
+    mapping the graph's inputs and outputs onto ``Model.run``. ``dtype`` (float32 / float64)
+    converts the loaded model.
+
+    Files written by :func:`to_onnx` are rebuilt from the engine's metadata (exactly, every
+    layer field); other graphs, and the engine's graphs whose metadata a tool dropped, go
+    through the graph interpreter (Keras masks are recognised only through the metadata).
+    Errors: :class:`UnsupportedError` naming the node and op (and what is supported),
+    :class:`ModelFileError` for truncated / corrupt / inconsistent files and absurd sizes.
     """
     proto, label = _load_proto(source)
     props = {p.key: p.value for p in proto.metadata_props}
