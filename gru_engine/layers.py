@@ -39,10 +39,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import config
-from .errors import InputShapeError, ModelDefinitionError, StreamingError, UnsupportedError
+from .errors import InputShapeError, ModelDefinitionError, UnsupportedError
 from .model import (
     DENSE_ACTIVATIONS,
-    Activation,
     Dense,
     Layer,
     _as_array,
