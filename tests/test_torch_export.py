@@ -88,8 +88,9 @@ class SliceKeep(nn.Module):
         return nn.functional.leaky_relu(self.lin(out[:, -1:, :]), 0.2)
 
 
-def export(module, args, names, path, dynamo, dynamic):
-    """Export with dynamic batch/time; `dynamic` maps input name -> {axis: label}."""
+def export(module, args, names, path, dynamo, dynamic, external=False):
+    """Export with dynamic batch/time; `dynamic` maps input name -> {axis: label}.
+    external: the dynamo exporter's default of weights in a separate ``.data`` file."""
     module.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -103,7 +104,7 @@ def export(module, args, names, path, dynamo, dynamic):
             sig_names = list(__import__("inspect").signature(module.forward).parameters)
             dyn = {sig_names[i]: shapes[n] for i, n in enumerate(names)}
             torch.onnx.export(module, args, str(path), input_names=names, dynamo=True, dynamic_shapes=dyn,
-                              external_data=False, verbose=False)
+                              external_data=external, verbose=False)
         else:
             torch.onnx.export(module, args, str(path), input_names=names, dynamo=False, dynamic_axes=dynamic)
     return path
@@ -116,8 +117,8 @@ def torch_outputs(module, args):
     return [o.numpy() for o in out]
 
 
-def check(module, ex_args, run_args, names, dynamic, tmp_path, dynamo):
-    path = export(module, ex_args, names, tmp_path / "m.onnx", dynamo, dynamic)
+def check(module, ex_args, run_args, names, dynamic, tmp_path, dynamo, external=False):
+    path = export(module, ex_args, names, tmp_path / "m.onnx", dynamo, dynamic, external)
     ref = torch_outputs(module, run_args)
     got = backend.prepare(str(path)).run([a.numpy() for a in run_args])
     assert len(got) == len(ref)
@@ -155,7 +156,9 @@ def test_nn_gru(layers, bi, bf, h0, dynamo, tmp_path):
     bt = {0: "batch", 1: "time"} if bf else {0: "time", 1: "batch"}
     dyn = {"x": bt, "h0": {1: "batch"}}
     names = ["x", "h0"] if h0 else ["x"]
-    path = check(m, args(3, 5), args(2, 9), names, {n: dyn[n] for n in names}, tmp_path, dynamo)
+    external = dynamo and layers == 3  # weights in m.onnx.data, read from next to the file
+    path = check(m, args(3, 5), args(2, 9), names, {n: dyn[n] for n in names}, tmp_path, dynamo, external)
+    assert (tmp_path / "m.onnx.data").exists() == external
     # the canonical model: batch-first in, PyTorch h_n out
     model, sig = from_onnx(path, return_signature=True)
     assert [type(layer) for layer in model.layers] == [GRU] * layers
