@@ -13,7 +13,8 @@ Conv1D                      Conv1D: filters, kernel_size, strides, padding valid
                             -> ``(out, in/g, K)``
 DepthwiseConv1D             Conv1D with groups = in_channels (depth_multiplier; channel c*dm+m)
 SeparableConv1D             depthwise Conv1D (no bias) then a 1x1 Conv1D (bias, activation)
-BatchNormalization          BatchNormalization: axis -1, epsilon, center, scale (inference stats)
+BatchNormalization          BatchNormalization: axis -1, epsilon, center, scale (inference stats);
+                            folded into a preceding linear Conv1D / Dense (fold_batchnorm)
 LayerNormalization          LayerNormalization: axis -1, epsilon, center, scale (not rms_scaling)
 UnitNormalization           UnitNormalization: axis -1 (L2, epsilon 1e-12 as Keras)
 MaxPooling1D / AveragePooling1D   pool_size, strides, padding valid/same
@@ -41,6 +42,7 @@ from gru_engine.layers import (
     Reshape,
     UnitNormalization,
     ZeroPadding1D,
+    fold_batchnorm,
 )
 from gru_engine.model import Activation, Layer
 
@@ -309,6 +311,12 @@ def add_keras_layer(builder, node, where: str) -> bool:
     arrays = builder.weights(node, ("",))[""] if n else []
     layers = convert_keras_layer(node.cls, node.cfg, arrays, node.lname, seq=builder.seq, dtype=builder.dtype)
     for layer in layers:
+        prev = builder.layers[-1] if builder.layers else None
+        if isinstance(layer, BatchNormalization) and prev is not None:
+            folded = fold_batchnorm([prev, layer])  # exact into a linear Conv1D / Dense before it
+            if len(folded) == 1:
+                builder.layers[-1] = folded[0]
+                continue
         size = builder.size
         if size is not None:
             check = getattr(layer, "check_input", None)

@@ -528,6 +528,8 @@ def _keras_variety(K):
         "depthwise_separable": [L.DepthwiseConv1D(3, depth_multiplier=2, padding="same", activation="relu"),
                                 L.SeparableConv1D(5, 3, strides=2, padding="same", activation="tanh"),
                                 L.SeparableConv1D(4, 2, dilation_rate=2, use_bias=False), L.GRU(3)],
+        "conv_bn_folded": [L.Conv1D(6, 3, padding="causal"), L.BatchNormalization(), L.Activation("relu"),
+                           L.GRU(4, return_sequences=True), L.Dense(3), L.BatchNormalization(epsilon=1e-5)],
         "activations": [L.Conv1D(5, 1, activation="hard_sigmoid"), L.Activation("softplus"), L.Activation("softsign"),
                         L.Activation("leaky_relu"), L.ReLU(negative_slope=0.1), L.Reshape((-1, 5)),
                         L.GRU(3, return_sequences=True), L.Activation("selu")],
@@ -535,7 +537,7 @@ def _keras_variety(K):
 
 
 @pytest.mark.parametrize("case", ["conv_same_stride", "conv_valid_groups", "conv_same_dilated", "pool_same_sym",
-                                  "flatten_reshape", "depthwise_separable", "activations"])
+                                  "flatten_reshape", "depthwise_separable", "conv_bn_folded", "activations"])
 def test_keras_layer_options(K, rng, tmp_path, case):
     from converters.keras_io import from_keras
 
@@ -550,7 +552,10 @@ def test_keras_layer_options(K, rng, tmp_path, case):
     x = r32(rng, 2, 12, 4, scale=1.0)
     ref = np.asarray(m.predict(x, verbose=0))
     for p in (pk,):
-        y = from_keras(p).run(x)[0]
+        em = from_keras(p)
+        if case == "conv_bn_folded":  # both BNs folded into the linear layer before them
+            assert [type(la).__name__ for la in em.layers] == ["Conv1D", "Activation", "GRU", "Dense"]
+        y = em.run(x)[0]
         assert y.shape == ref.shape
         np.testing.assert_allclose(y, ref, atol=TOL, rtol=0, err_msg=f"{case} {p}")
 
