@@ -46,6 +46,7 @@ from gru_engine.layers import (
     ZeroPadding1D,
     _GlobalPooling1D,
     _Pooling1D,
+    fold_batchnorm,
 )
 from gru_engine.model import Layer, Model
 
@@ -411,6 +412,12 @@ def _interp_node(interp, node, ins):
 
             layer = dataclasses.replace(layer, keepdims=False)
             label["t"] = "1"
+        prev = chain[-1] if chain else None
+        if isinstance(layer, BatchNormalization) and isinstance(prev, Layer):
+            folded = fold_batchnorm([prev, layer])  # exact into a linear Conv1D / Dense before it
+            if len(folded) == 1:
+                chain = chain[:-1] + (folded[0],)
+                continue
         chain = chain + (layer,)
         size = layer.output_size(size)
     axes = tuple("F" if c == "f" else label[c] for c in out_layout)

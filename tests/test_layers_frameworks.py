@@ -185,6 +185,42 @@ def test_import_node_matches_onnxruntime(rng, op, attrs, make, layout):
     np.testing.assert_allclose(y, ref, atol=TOL, rtol=0)
 
 
+def test_onnx_graph_conv_batchnorm_gru_folds_and_matches_onnxruntime(rng):
+    """A hand-written ONNX graph x -> Transpose -> Conv -> BatchNormalization -> Relu ->
+    Transpose -> GRU (layout 1): read by gru_engine.load, BN folded into the conv."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import gru_engine
+
+    H = 5
+    inits = {"W": r32(rng, 6, 4, 3), "Bc": r32(rng, 6), "s": r32(rng, 6), "b": r32(rng, 6), "m": r32(rng, 6),
+             "v": np.abs(r32(rng, 6)) + 0.5, "Wg": r32(rng, 1, 3 * H, 6), "Rg": r32(rng, 1, 3 * H, H),
+             "Bg": r32(rng, 1, 6 * H)}
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 1]),
+        helper.make_node("Conv", ["xt", "W", "Bc"], ["c"], kernel_shape=[3], pads=[2, 0]),
+        helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["bn"], epsilon=1e-5),
+        helper.make_node("Relu", ["bn"], ["r"]),
+        helper.make_node("Transpose", ["r"], ["rt"], perm=[2, 0, 1]),
+        helper.make_node("GRU", ["rt", "Wg", "Rg", "Bg"], ["Y", "Y_h"], hidden_size=H, linear_before_reset=1),
+        helper.make_node("Squeeze", ["Y", "ax"], ["ys"]),
+        helper.make_node("Transpose", ["ys"], ["y"], perm=[1, 0, 2]),
+    ]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "T", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "T", H])],
+                          [numpy_helper.from_array(v, k) for k, v in inits.items()]
+                          + [numpy_helper.from_array(np.array([1], np.int64), "ax")])
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 10
+    onnx.checker.check_model(proto)
+    em = gru_engine.load(proto)
+    assert [type(la).__name__ for la in em.layers] == ["Conv1D", "Activation", "GRU"]
+    x = r32(rng, 2, 9, 4, scale=1.0)
+    ref = ort_session_of(proto).run(None, {"x": x})[0]
+    np.testing.assert_allclose(em.run(x)[0], ref, atol=TOL, rtol=0)
+
+
 def test_import_node_refusals():
     from converters.onnx_layers import import_node
 
