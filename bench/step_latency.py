@@ -175,7 +175,7 @@ def _check_agreement(model, W, R, B):
 
 
 def measure(hidden_sizes=(16, 32, 64, 128, 256), input_sizes=("1", "H"), repeats=15, block_s=0.004,
-            ort_default=True, with_torch=True, log=print) -> list[dict]:
+            ort_default=True, with_torch=True, pause_s=0.02, log=print) -> list[dict]:
     """Per-step latency (microseconds, medians over ``repeats`` round-robin blocks).
 
     Returns one dict per (H, I): ``H, I, engine_us, ort1_us, ort_default_us, torch_cell_us,
@@ -220,6 +220,9 @@ def measure(hidden_sizes=(16, 32, 64, 128, 256), input_sizes=("1", "H"), repeats
                     t = time.perf_counter()
                     block(n)
                     times[name].append((time.perf_counter() - t) / n * 1e6)
+                    # let thread pools that spin after a call (onnxruntime's default session)
+                    # go idle, so they do not steal the next contender's core
+                    time.sleep(pause_s)
             row = {"H": H, "I": I}
             for name in ("engine", "ort1", "ort_default", "torch_cell", "torch_gru"):
                 row[f"{name}_us"] = float(np.median(times[name])) if name in times else None
@@ -329,7 +332,8 @@ def to_markdown(rows, pool_rows, env, command) -> str:
         f"Machine: {env['cpu']}, {env['cores']} cores; Python {env['python']}, numpy {env['numpy']}, numba {env['numba']}, "
         f"onnxruntime {env['onnxruntime']}, torch {env['torch']}.",
         "Threads: engine step kernel serial (1 thread); onnxruntime `intra_op_num_threads=1` (\"ort 1t\") and default "
-        "(\"ort def\"); torch `set_num_threads(1)`. Medians of round-robin blocks in one process; ratio = other / engine.",
+        "(\"ort def\"); torch `set_num_threads(1)`. Medians of round-robin blocks (~4 ms each, 20 ms pause after each so "
+        "spinning thread pools go idle) in one process; ratio = other / engine.",
         "Environment: OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE "
         + (f"were set ({', '.join(f'{k}={v}' for k, v in _UNSET.items())}) and were unset for this run." if _UNSET else "were not set."),
         "",
