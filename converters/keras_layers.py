@@ -126,13 +126,15 @@ def keras_weight_count(class_name: str, config: dict) -> int | None:
 
 
 def convert_keras_layer(
-    class_name: str, config: dict, weights: list, name: str, *, seq: bool = True, dtype=np.float32
+    class_name: str, config: dict, weights: list, name: str, *, seq: bool = True, dtype=np.float32,
+    size: int | None = None,
 ) -> list[Layer] | None:
     """One Keras layer -> engine layers, or None when ``class_name`` is not one of
     :data:`KERAS_LAYER_CLASSES`.
 
     config : the layer's ``config`` dict; weights : its arrays in Keras order; seq : whether the
-    layer's input is a sequence ``(B, T, F)`` (False after a last-step layer).
+    layer's input is a sequence ``(B, T, F)`` (False after a last-step layer); size : its feature
+    count when known (needed only by a LayerNormalization without gamma and beta).
     """
     n_exp = keras_weight_count(class_name, config)
     if n_exp is None:
@@ -218,9 +220,10 @@ def convert_keras_layer(
             gamma, i = w[i], i + 1
         if c.get("center", True):
             beta = w[i]
-        if gamma is None and beta is None:
+        if gamma is None and beta is None and size is None:
             raise UnsupportedError(f"{where}: center=False and scale=False leaves the feature size unknown here")
-        return [LayerNormalization(gamma=gamma, beta=beta, epsilon=float(c.get("epsilon", 1e-3)), name=name)]
+        return [LayerNormalization(gamma=gamma, beta=beta, features=None if gamma is not None or beta is not None else size,
+                                   epsilon=float(c.get("epsilon", 1e-3)), name=name)]
 
     if class_name == "UnitNormalization":
         _last_axis(c, where, rank)
@@ -309,7 +312,8 @@ def add_keras_layer(builder, node, where: str) -> bool:
     if node.cls in MASK_CONSUMING and hasattr(builder, "masked"):
         builder.masked = False
     arrays = builder.weights(node, ("",))[""] if n else []
-    layers = convert_keras_layer(node.cls, node.cfg, arrays, node.lname, seq=builder.seq, dtype=builder.dtype)
+    layers = convert_keras_layer(node.cls, node.cfg, arrays, node.lname, seq=builder.seq, dtype=builder.dtype,
+                                 size=builder.size)
     for layer in layers:
         prev = builder.layers[-1] if builder.layers else None
         if isinstance(layer, BatchNormalization) and prev is not None:

@@ -560,7 +560,7 @@ def _keras_variety(K):
                           L.GRU(4, return_sequences=True), L.ELU(alpha=0.7), L.Softmax()],
         "flatten_reshape": [L.Conv1D(4, 2, activation="elu"), L.GRU(5), L.Flatten(), L.Reshape((5,)),
                             L.BatchNormalization(scale=False), L.ReLU(), L.Dense(3, activation="selu"),
-                            L.LayerNormalization(center=False)],
+                            L.LayerNormalization(center=False), L.LayerNormalization(center=False, scale=False)],
         "depthwise_separable": [L.DepthwiseConv1D(3, depth_multiplier=2, padding="same", activation="relu"),
                                 L.SeparableConv1D(5, 3, strides=2, padding="same", activation="tanh"),
                                 L.SeparableConv1D(4, 2, dilation_rate=2, use_bias=False), L.GRU(3)],
