@@ -765,3 +765,27 @@ def _register() -> None:
 
 
 _register()
+
+
+def warmup() -> str:
+    """Compile (or load from numba's cache) every kernel of these layers, float32 and float64:
+    whole-sequence runs (serial and parallel kernels, the GEMM path) and streaming steps."""
+    from .model import GRU, Model
+
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        f = lambda *s: rng.standard_normal(s).astype(dtype)  # noqa: E731
+        conv = Conv1D(kernel=f(4, 2, 3), bias=f(4), padding="causal", groups=2, activation="relu")
+        layers = (conv, BatchNormalization(mean=f(4), var=np.ones(4, dtype)), LayerNormalization(gamma=f(4)),
+                  UnitNormalization(), MaxPooling1D(pool_size=2), AveragePooling1D(pool_size=2),
+                  GRU(W=f(1, 6, 4), R=f(1, 6, 2), linear_before_reset=1))
+        model = Model(layers)
+        for B, T in ((1, 8), (2, 300)):  # serial and parallel kernels
+            model.run(f(B, T, 4))
+        Model((GlobalAveragePooling1D(),), input_size=4).run(f(1, 3, 4))
+        Model((Conv1D(kernel=f(64, 64, 3)),)).run(f(2, 600, 64))  # GEMM path
+        s = model.stream()
+        for t in range(4):
+            s.step(f(1, 4))
+        s.run(f(1, 3, 4))
+    return "conv / norm / pooling layers"

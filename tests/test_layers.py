@@ -448,3 +448,9 @@ def test_lengths_pass_through_time_preserving_layers(rng):
     y, _ = m.run(x, lengths=[7, 4])
     y1, _ = m.run(x[1:, :4])
     np.testing.assert_allclose(y[1], y1[0], atol=ATOL[F32], rtol=0)
+
+
+def test_warmup_runs_every_layer_kernel():
+    from gru_engine.layers import warmup
+
+    assert "conv" in warmup()
