@@ -271,8 +271,11 @@ def merge_directions(merge: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 GRU_PATH = "auto"
 
 #: The GEMM path wins once a step's recurrent product is big enough for BLAS to pay off
-#: (measured on a 2-core Zen 3: B=16/H=128 is about even; B=64 or H >= 256 with B >= 8 gain).
+#: (measured on a 2-core Zen 3, one thread: B=16/H=128 favours the row kernel by ~5%,
+#: B=16/H=512, B=64/H=64 and larger favour the GEMM path by 5-10%).
 GEMM_MIN_ROWS = 8
+GEMM_MIN_MACS = 1 << 20
+GEMM_ALWAYS_ROWS = 48
 
 #: Batch 1, one direction, H at least this, several threads: hidden-unit tiles across
 #: threads (a parallel loop per step) instead of one work item -- when TILES_AUTO is on.
@@ -296,7 +299,6 @@ PROJECT_IN_KERNEL = None
 
 #: Input projections of fewer multiply-adds than this are not split over time chunks.
 PARALLEL_SPLIT_MACS = 1 << 24
-GEMM_MIN_MACS = 1 << 20
 
 
 _DUMMY_RT = {np.float32: np.zeros((1, 1, 1), np.float32), np.float64: np.zeros((1, 1, 1), np.float64)}
