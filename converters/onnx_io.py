@@ -83,7 +83,7 @@ class _Builder:
     def const(self, value, name: str = "c", dtype=None) -> str:
         arr = np.asarray(value, dtype=dtype if dtype is not None else None)
         name = self.fresh(name)
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        self.inits.append(numpy_helper.from_array(np.array(arr, order="C"), name))  # keeps 0-d scalars 0-d
         return name
 
     def fconst(self, value, name: str = "c") -> str:
@@ -617,7 +617,7 @@ def from_onnx(source, *, return_signature: bool = False, dtype=None):
 
     Files written by :func:`to_onnx` are rebuilt from the engine's metadata (exactly, every
     layer field); other graphs, and the engine's graphs whose metadata a tool dropped, go
-    through the graph interpreter (Keras masks are recognised only through the metadata).
+    through the graph interpreter (which also recognises the Keras-mask glue ``to_onnx`` writes).
     Errors: :class:`UnsupportedError` naming the node and op (and what is supported),
     :class:`ModelFileError` for truncated / corrupt / inconsistent files and absurd sizes.
     """
@@ -779,6 +779,59 @@ class _LenIn:
 @dataclass
 class _HN:
     grus: tuple  # GRU indices in order
+
+
+# Keras masks as to_onnx writes them (prefix masks -> per-row lengths):
+@dataclass
+class _Cmp:  # Equal(data or token ids, scalar)
+    seq: _Seq
+    value: float
+
+
+@dataclass
+class _NE:  # Not(Equal(x, value)) element-wise on float data
+    seq: _Seq
+    value: float
+
+
+@dataclass
+class _Keep:  # ReduceMax over features of _NE: 1 where a step is kept (Keras Masking)
+    seq: _Seq
+    value: float
+
+
+@dataclass
+class _KMask:  # a (B, T) Keras mask; kinds: ("emb",) / ("masking", value)
+    kinds: tuple
+
+
+@dataclass
+class _MLen:  # per-row count of unmasked steps (min with a lengths input)
+    kinds: tuple
+    lengths: str | None = None
+
+
+@dataclass
+class _NonEmpty:  # _MLen > 0
+    mlen: _MLen
+
+
+@dataclass
+class _Steps:  # Range(0, T, 1)
+    pass
+
+
+@dataclass
+class _Valid:  # step index < _MLen: the unmasked steps of a prefix mask
+    mlen: _MLen
+
+
+@dataclass
+class _Opaque:
+    """A value the interpreter could not map, derived from GRU states (the fill of masked
+    steps); it is an error only if something other than a masked-step Where consumes it."""
+
+    error: Exception
 
 
 _INT_MAX = 2**62
@@ -950,6 +1003,7 @@ class _Interp:
         self.x_name = None
         self.x_seq = None
         self.cur_node = None
+        self.has_mask_glue = any(n.op_type == "Where" for n in proto.graph.node)
 
     # ----------------------------------------------------------------- helpers
     def where(self, node) -> str:
@@ -1083,12 +1137,27 @@ class _Interp:
                 seen += 1
             return name if name in names else None
 
+        def lengths_sources(name):
+            """Graph inputs that reach sequence_lens through casts and Min (mask lengths)."""
+            out, todo, seen = [], [name], set()
+            while todo:
+                nm = todo.pop()
+                if nm in seen:
+                    continue
+                seen.add(nm)
+                if nm in names:
+                    out.append(nm)
+                    continue
+                n = producer.get(nm)
+                if n is not None and n.op_type in ("Identity", "Cast", "Min", "Squeeze", "Unsqueeze", "Reshape"):
+                    todo.extend(i for i in (n.input if n.op_type == "Min" else n.input[:1]) if i)
+            return out
+
         for n in self.g.node:
             if n.op_type != "GRU":
                 continue
             if len(n.input) > 4 and n.input[4]:
-                src = trace(n.input[4])
-                if src:
+                for src in lengths_sources(n.input[4]):
                     roles[src] = "lengths"
             if len(n.input) > 5 and n.input[5]:
                 src = trace(n.input[5])
@@ -1130,7 +1199,15 @@ class _Interp:
                                        f"graph inputs; ops supported on the data: {_supported_ops()}")
             if fn is None:
                 self.unsupported(node, f"op {op!r} is not supported; supported ops: {_supported_ops()}")
-            outs = fn(node, ins)
+            try:
+                outs = fn(node, ins)
+            except UnsupportedError as e:
+                stateish = [v for v in ins if isinstance(v, (_Opaque, _StateIn, _Filled))
+                            or (isinstance(v, _Seq) and v.gru is not None and "T" not in v.axes)]
+                if not stateish or not self.has_mask_glue:
+                    raise
+                first = next((v.error for v in ins if isinstance(v, _Opaque)), e)
+                outs = [_Opaque(first)] * len(node.output)
             if not isinstance(outs, list):
                 outs = [outs]
         for name, v in zip(node.output, outs):
@@ -1366,6 +1443,10 @@ class _Interp:
     def op_Squeeze(self, node, ins):
         v = ins[0]
         axes = self.axes_of(node, 1)
+        if isinstance(v, _Keep):
+            return _KMask((("masking", v.value),))
+        if isinstance(v, (_MLen, _Steps, _Valid, _NonEmpty, _KMask)):
+            return v
         if isinstance(v, _Shp):
             if len(v.elems) == 1:
                 return _Shp(v.elems, True)
@@ -1396,6 +1477,8 @@ class _Interp:
     def op_Unsqueeze(self, node, ins):
         v = ins[0]
         axes = self.axes_of(node, 1)
+        if isinstance(v, (_MLen, _Steps, _Valid, _NonEmpty)):
+            return v
         if isinstance(v, _Shp):
             if v.scalar and axes in ([0], [-1]):
                 return _Shp(v.elems, False)
@@ -1689,6 +1772,11 @@ class _Interp:
         a, b = ins[0], ins[1]
         op = node.op_type
         name = _BINARY[op]
+        if op == "Mul" and any(isinstance(v, _Keep) for v in (a, b)):
+            keep, v = (a, b) if isinstance(a, _Keep) else (b, a)
+            if isinstance(v, _Seq) and _same_base(v, keep.seq):
+                return _Seq(v.axes, v.chain + (Masking(mask_value=keep.value, name=node.name),), dict(v.sizes))
+            self.unsupported(node, "a Keras Masking must multiply the data it was computed from")
         if isinstance(a, (_Shp, np.ndarray)) and isinstance(b, (_Shp, np.ndarray)):
             return self.shape_arith(node, name, a, b)
         if isinstance(a, _Filled) or isinstance(b, _Filled):
@@ -1807,7 +1895,84 @@ class _Interp:
         return self.merge_directions(node, ins, "mul")
 
     def op_ReduceSum(self, node, ins):
+        if isinstance(ins[0], _KMask):
+            axes = self.axes_of(node, 1)
+            if axes not in ([1], [-1]) or self.attrs(node).get("keepdims", 1):
+                self.unsupported(node, "a Keras mask must be summed over time (axis 1, keepdims=0)")
+            return _MLen(ins[0].kinds)
         return self.merge_directions(node, ins, "sum")
+
+    # ----------------------------------------------------------------- Keras masks
+    def op_Equal(self, node, ins):
+        a, b = ins
+        v, c = (a, b) if isinstance(a, _Seq) else (b, a)
+        if isinstance(v, _Seq) and isinstance(c, np.ndarray) and c.size == 1 and not v.dsel and "D" not in v.axes:
+            return _Cmp(v, float(c.reshape(-1)[0]))
+        self.unsupported(node, "Equal is supported between the data and a scalar (a Keras mask)")
+
+    def op_Not(self, node, ins):
+        v = ins[0]
+        if isinstance(v, _Cmp):
+            if v.seq.tokens and not v.seq.chain and v.value == 0:
+                return _KMask((("emb",),))
+            if not v.seq.tokens:
+                return _NE(v.seq, v.value)
+        self.unsupported(node, "Not is supported on Equal(data, scalar) (a Keras mask)")
+
+    def op_ReduceMax(self, node, ins):
+        v = ins[0]
+        if isinstance(v, _NE):
+            axes = self.axes_of(node, 1)
+            n = len(v.seq.axes)
+            if axes is None or [a % n for a in axes] != [n - 1] or not self.attrs(node).get("keepdims", 1):
+                self.unsupported(node, "a Keras Masking must reduce over the features with keepdims=1")
+            return _Keep(v.seq, v.value)
+        extra = _extra_layers()
+        fn = None if extra is None else extra.interp_handler(self, "ReduceMax")
+        if fn is None:
+            self.unsupported(node, "ReduceMax is supported over features of a mask comparison")
+        return fn(node, ins)
+
+    def op_And(self, node, ins):
+        if all(isinstance(v, _KMask) for v in ins):
+            return _KMask(tuple(k for v in ins for k in v.kinds if k not in ins[0].kinds or v is ins[0]))
+        self.unsupported(node, "And is supported between Keras masks")
+
+    def op_Min(self, node, ins):
+        m = [v for v in ins if isinstance(v, _MLen)]
+        ln = [v for v in ins if isinstance(v, _LenIn)]
+        if len(ins) == 2 and len(m) == 1 and len(ln) == 1 and m[0].lengths is None:
+            return _MLen(m[0].kinds, ln[0].name)
+        self.unsupported(node, "Min is supported between mask lengths and a lengths input")
+
+    def op_Greater(self, node, ins):
+        a, b = ins
+        if isinstance(a, _MLen) and isinstance(b, np.ndarray) and b.size == 1 and float(b.reshape(-1)[0]) == 0:
+            return _NonEmpty(a)
+        self.unsupported(node, "Greater is supported as mask lengths > 0")
+
+    def op_Range(self, node, ins):
+        a, lim, d = ins
+        if isinstance(a, np.ndarray) and isinstance(d, np.ndarray) and a.size == 1 and d.size == 1 \
+                and int(a.reshape(-1)[0]) == 0 and int(d.reshape(-1)[0]) == 1 \
+                and isinstance(lim, _Shp) and len(lim.elems) == 1 and self.norm_dim(lim.elems[0]) == _sym(1, ("T",)):
+            return _Steps()
+        self.unsupported(node, "Range is supported as the time steps 0..T-1")
+
+    def op_Less(self, node, ins):
+        a, b = ins
+        if isinstance(a, _Steps) and isinstance(b, _MLen):
+            return _Valid(b)
+        self.unsupported(node, "Less is supported as step index < mask lengths")
+
+    def op_Where(self, node, ins):
+        c, a, b = ins
+        if isinstance(c, _NonEmpty) and isinstance(a, _Seq) and a.gru is not None and "T" not in a.axes:
+            return a  # a fully masked row keeps its initial state (Keras); the GRU node gives 0
+        if isinstance(c, _Valid) and isinstance(a, _Seq) and a.gru is not None and "T" in a.axes and "D" in a.axes:
+            self.grus[a.gru]["masked_output"] = "carry"  # masked steps repeat the state
+            return a
+        self.unsupported(node, "Where is supported only in the masked-step glue that gru-engine writes")
 
     def merge_directions(self, node, ins, merge):
         """ReduceSum / ReduceProd over the direction axis of a bidirectional GRU's Y or Y_h."""
@@ -1981,9 +2146,15 @@ class _Interp:
                 self.unsupported(node, f"X must be {'time-major (T, B, F)' if layout == 0 else 'batch-major (B, T, F)'}"
                                        f" for layout={layout}, got axes {[self.norm_label(l) for l in x.axes]}")
         lengths = None
+        kmask = None
+        if len(ins) > 5 and isinstance(ins[5], _Opaque):
+            raise ins[5].error
         if len(ins) > 4 and ins[4] is not None:
             sl = ins[4]
-            if isinstance(sl, _LenIn):
+            if isinstance(sl, _MLen):
+                lengths = sl.lengths
+                kmask = sl.kinds
+            elif isinstance(sl, _LenIn):
                 lengths = sl.name
             elif isinstance(sl, np.ndarray) and sl.ndim == 1 and sl.dtype.kind in "iu":
                 lengths = sl.astype(np.int64)
@@ -2022,8 +2193,14 @@ class _Interp:
         except ModelDefinitionError as e:
             raise ModelFileError(f"{self.where(node)}: {e}") from None
         idx = len(self.grus)
-        self.grus.append(dict(layer=layer, chain_before=x.chain, state=state, lengths=lengths, layout=layout,
-                              node=node.name))
+        before = x.chain
+        if kmask is not None and ("emb",) in kmask:
+            if not before or not isinstance(before[0], Embedding):
+                self.unsupported(node, "a token mask needs an Embedding first")
+            before = (dataclasses.replace(before[0], mask_zero=True),) + before[1:]
+        self.grus.append(dict(layer=layer, chain_before=before, state=state, lengths=lengths, layout=layout,
+                              node=node.name, kmask=kmask, masked_output="zero" if lengths is None else "carry"))
+        x = dataclasses.replace(x, chain=before)
         chain = x.chain + (_entry(idx),)
         sizes = {"D": D, "H": H}
         Y = _Seq(("T", "D", "B", "H") if layout == 0 else ("B", "T", "D", "H"), chain, sizes, gru=idx)
@@ -2037,6 +2214,8 @@ class _Interp:
             if o.name not in self.env:
                 raise ModelFileError(f"{self.label}: graph output {o.name!r} must be computed by the graph, got none")
             v = self.env[o.name]
+            if isinstance(v, _Opaque):
+                raise v.error
             if isinstance(v, _HN):
                 outs.append((o.name, "h_n", v))
             elif isinstance(v, _Seq) and v.gru is not None and "T" not in v.axes and v.dsel is None:
@@ -2120,9 +2299,17 @@ class _Interp:
         layers = []
         for e in chain:
             if isinstance(e, tuple):
-                layer = self.grus[e[1]]["layer"]
-                if not e[2] or e[3] != "concat" or e[4]:
-                    layer = dataclasses.replace(layer, return_sequences=e[2], merge=e[3], time_reversed_output=e[4])
+                info = self.grus[e[1]]
+                layer = info["layer"]
+                if not e[2] or e[3] != "concat" or e[4] or info["kmask"] is not None:
+                    layer = dataclasses.replace(layer, return_sequences=e[2], merge=e[3], time_reversed_output=e[4],
+                                                masked_output=info["masked_output"] if info["kmask"] else "carry")
+                masked = any(isinstance(x, Masking) or (isinstance(x, Embedding) and x.mask_zero) for x in layers)
+                if masked != (info["kmask"] is not None):
+                    raise UnsupportedError(
+                        f"{self.label}: GRU {info['node']!r} {'ignores' if masked else 'uses'} a Keras mask "
+                        f"{'made before it' if masked else 'that no Masking / Embedding(mask_zero) layer makes'}; "
+                        f"the engine applies a mask to every GRU after it")
                 layers.append(layer)
             else:
                 layers.append(e)
