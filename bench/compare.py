@@ -196,7 +196,7 @@ def time_round_robin(fns: dict, repeats: int, target_s=0.02) -> dict:
     return res
 
 
-def sgemm_peak(threads, n=2048, repeats=5) -> float:
+def sgemm_peak(threads, n=2048, repeats=7) -> float:
     """float32 GFLOP/s of NumPy's BLAS on an n x n x n product (best of ``repeats``)."""
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
     b = a.T.copy()
@@ -239,6 +239,7 @@ def bench_sequences(grid, thread_counts, repeats, have, log):
         set_threads(n, have)
         peak = sgemm_peak(n)
         log(f"[threads={n}] float32 sgemm peak (NumPy BLAS, 2048^3): {peak:.1f} GFLOP/s")
+        first = len(rows)
         for label, layers, Bn, T in grid:
             fns = contenders(layers, Bn, T, n, have)
             ref = _as_bt("engine", fns["engine"]())
@@ -259,6 +260,11 @@ def bench_sequences(grid, thread_counts, repeats, have, log):
             row["noisy"] = any(r["spread"] > SPREAD_FLAG for r in res.values())
             rows.append(row)
             log(_fmt_seq(row))
+        again = sgemm_peak(n)  # measured again after the section: the best of both counts
+        if again > peak:
+            log(f"[threads={n}] sgemm peak measured again: {again:.1f} GFLOP/s")
+            for r in rows[first:]:
+                r["peak_gflops"] = again
     return rows
 
 

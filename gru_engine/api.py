@@ -292,9 +292,9 @@ ROW_BLOCK = 4
 PARALLEL_MIN_MACS = 1 << 21
 
 #: Row kernel: compute the input projection with the hand kernel inside numba (True), with
-#: one NumPy BLAS product before it (False), or None: BLAS on one thread (5-20% faster),
-#: the hand kernel on several (numba's threads only: OpenBLAS workers spinning after a
-#: product slowed the following parallel loop by up to 2x).
+#: one NumPy BLAS product before it (False), or None: BLAS (5-20% faster) unless several
+#: threads then run the recurrence in parallel (OpenBLAS workers spinning after a product
+#: slowed the following numba parallel loop by up to 2x).
 PROJECT_IN_KERNEL = None
 
 #: Input projections of fewer multiply-adds than this are not split over time chunks.
@@ -356,8 +356,9 @@ def _run_gru(layer: GRU, i: int, x: np.ndarray, ctx: RunContext):
         rb = max(1, min(ROW_BLOCK, B * D // nt))
         nblk = -(-B // rb)
         XP = np.empty((B, T, D * 3 * H), dtype)
-        # one thread: NumPy's GEMM is faster; several: keep the run on numba's pool alone
-        project = nt > 1 if PROJECT_IN_KERNEL is None else PROJECT_IN_KERNEL
+        # NumPy's GEMM is faster, except before a parallel recurrence: keep that run on
+        # numba's pool alone (a single work item runs on the calling thread anyway)
+        project = (nt > 1 and D * nblk > 1) if PROJECT_IN_KERNEL is None else PROJECT_IN_KERNEL
         if not project:  # one GEMM on NumPy's BLAS for all rows, steps and directions
             np.matmul(x.reshape(B * T, I), p.WT, out=XP.reshape(B * T, D * 3 * H))
         G = np.empty((D * nblk, rb, 3 * H), dtype)
