@@ -79,6 +79,14 @@ class PreparedGRU:
             self._packed[key] = a
         return a
 
+    @property
+    def no_weights(self) -> np.ndarray:
+        """(D, 1, 1) zeros: the unused second weight argument of the row kernel when lbr = 1."""
+        a = self._packed.get("none")
+        if a is None:
+            a = self._packed["none"] = np.zeros((self.R.shape[0], 1, 1), self.R.dtype)
+        return a
+
     def gemm_weights(self):
         """(RT,) for lbr = 1 or (RTzr, RTh) for lbr = 0: ``R[d]'`` split as the GEMM path needs."""
         w = self._packed.get("gemm")
@@ -301,9 +309,6 @@ PROJECT_IN_KERNEL = None
 PARALLEL_SPLIT_MACS = 1 << 24
 
 
-_DUMMY_RT = {np.float32: np.zeros((1, 1, 1), np.float32), np.float64: np.zeros((1, 1, 1), np.float64)}
-
-
 def choose_gru_path(B: int, H: int, D: int, threads: int) -> str:
     if GRU_PATH != "auto":
         return GRU_PATH
@@ -372,7 +377,7 @@ def _run_gru(layer: GRU, i: int, x: np.ndarray, ctx: RunContext):
             numba.set_num_threads(nt)
         try:
             K.gru_rows(
-                x, p.WTd, p.bx, w[0], w[-1] if len(w) > 1 else _DUMMY_RT[dtype.type], p.Rb_h,
+                x, p.WTd, p.bx, w[0], w[1] if len(w) > 1 else p.no_weights, p.Rb_h,
                 hs, mask, use_mask, p.rev, p.lbr, p.acts, p.clip,
                 approx, zero_invalid, ctx.from_lengths and use_mask, p.trev, Y, XP, G, RH, nchunks, rb, project,
             )

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import naive
-from conftest import ATOL, random_gru_weights, slow_without_jit
+from conftest import ATOL, NO_JIT, random_gru_weights, slow_without_jit
 from gru_engine import api
 from gru_engine import kernels_cpu as K
 from gru_engine.errors import InputShapeError, InputTypeError
@@ -64,12 +64,14 @@ def test_fast_activations_accuracy():
     K.fast_act_array(x32, 0, out)
     ref = 1.0 / (1.0 + np.exp(-np.clip(xd, -700, 700)))
     err_s = np.abs(out - ref)
-    assert err_s.max() < 1.6e-7, f"sigmoid max abs error {err_s.max():.3g}"
+    # interpreted (NUMBA_DISABLE_JIT=1) the same formula rounds without FMA: a little looser
+    assert err_s.max() < (3e-7 if NO_JIT else 1.6e-7), f"sigmoid max abs error {err_s.max():.3g}"
     assert out.min() >= 0 and out.max() <= 1
     big = ref > 1e-2
     assert (err_s[big] / ref[big]).max() < 1.6e-5
 
 
+@pytest.mark.skipif(NO_JIT, reason="compares the compiled kernel's rounding (FMA) with onnxruntime's")
 @pytest.mark.parametrize("op,code", [("Tanh", 1), ("Sigmoid", 0)])
 def test_fast_activations_as_accurate_as_onnxruntime(op, code):
     """On the same float32 inputs our worst error is no larger than onnxruntime's own."""
