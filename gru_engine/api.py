@@ -7,6 +7,7 @@ without touching :func:`run`.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -279,11 +280,12 @@ def merge_directions(merge: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 GRU_PATH = "auto"
 
 #: The GEMM path wins once a step's recurrent product is big enough for BLAS to pay off
-#: (measured on a 2-core Zen 3, one thread: B=16/H=128 favours the row kernel by ~5%,
-#: B=16/H=512, B=64/H=64 and larger favour the GEMM path by 5-10%).
+#: (measured on a 2-core Zen 3, one thread, quiet machine: the row kernel is 3-10% faster
+#: at B=16/H<=256 and B=64/H=64; the GEMM path 4-10% at B=16/H=512, B=64/H>=128).
 GEMM_MIN_ROWS = 8
-GEMM_MIN_MACS = 1 << 20
-GEMM_ALWAYS_ROWS = 48
+GEMM_MIN_MACS = 1 << 23
+GEMM_WIDE_ROWS = 48
+GEMM_WIDE_MACS = 1 << 21
 
 #: Batch 1, one direction, H at least this, several threads: hidden-unit tiles across
 #: threads (a parallel loop per step) instead of one work item -- when TILES_AUTO is on.
@@ -312,9 +314,24 @@ PARALLEL_SPLIT_MACS = 1 << 24
 def choose_gru_path(B: int, H: int, D: int, threads: int) -> str:
     if GRU_PATH != "auto":
         return GRU_PATH
-    if B >= GEMM_MIN_ROWS and (B * H * 3 * H >= GEMM_MIN_MACS or B >= GEMM_ALWAYS_ROWS):
+    macs = B * H * 3 * H
+    if B >= GEMM_MIN_ROWS and (macs >= GEMM_MIN_MACS or (B >= GEMM_WIDE_ROWS and macs >= GEMM_WIDE_MACS)):
         return "gemm"
     return "rows"
+
+
+_scratch = threading.local()
+
+
+def scratch(name: str, shape: tuple, dtype) -> np.ndarray:
+    """A work array kept per thread and reused while the shape stays the same: fresh
+    multi-megabyte arrays cost page faults on every call (~10% of a B=16 run)."""
+    cache = _scratch.__dict__
+    a = cache.get(name)
+    if a is None or a.shape != shape or a.dtype != dtype:
+        a = np.empty(shape, dtype)
+        cache[name] = a
+    return a
 
 
 @register(GRU)
@@ -343,7 +360,7 @@ def _run_gru(layer: GRU, i: int, x: np.ndarray, ctx: RunContext):
     if path == "tiles" and B != 1:
         path = "rows"
     if path == "tiles":
-        XP = np.empty((B, T, D * 3 * H), dtype)
+        XP = scratch("XP", (B, T, D * 3 * H), dtype)
         np.matmul(x.reshape(B * T, I), p.WT, out=XP.reshape(B * T, D * 3 * H))
         RTt = p.tile_weights(nthreads)
         Gt = np.empty(RTt.shape[1:3] + RTt.shape[4:], dtype)
@@ -360,14 +377,14 @@ def _run_gru(layer: GRU, i: int, x: np.ndarray, ctx: RunContext):
         nt = nthreads if D * B * T * 3 * H * (I + H) >= PARALLEL_MIN_MACS else 1
         rb = max(1, min(ROW_BLOCK, B * D // nt))
         nblk = -(-B // rb)
-        XP = np.empty((B, T, D * 3 * H), dtype)
+        XP = scratch("XP", (B, T, D * 3 * H), dtype)
         # NumPy's GEMM is faster, except before a parallel recurrence: keep that run on
         # numba's pool alone (a single work item runs on the calling thread anyway)
         project = (nt > 1 and D * nblk > 1) if PROJECT_IN_KERNEL is None else PROJECT_IN_KERNEL
         if not project:  # one GEMM on NumPy's BLAS for all rows, steps and directions
             np.matmul(x.reshape(B * T, I), p.WT, out=XP.reshape(B * T, D * 3 * H))
-        G = np.empty((D * nblk, rb, 3 * H), dtype)
-        RH = np.empty((D * nblk, rb, H), dtype)
+        G = scratch("G", (D * nblk, rb, 3 * H), dtype)
+        RH = scratch("RH", (D * nblk, rb, H), dtype)
         # one recurrence item (batch 1, one direction): the projection alone is split over
         # time chunks, when it is large enough to repay a parallel launch
         split = D * B < nt and T >= 32 * nt and T * I * 3 * H * D * B >= PARALLEL_SPLIT_MACS
@@ -411,10 +428,10 @@ def _gru_gemm_path(p: PreparedGRU, x, hs, mask, use_mask, zero_invalid, approx, 
     dtype = x.dtype
     B, T, I = x.shape
     D, H = p.R.shape[0], p.R.shape[2]
-    XP = np.empty((B, T, D * 3 * H), dtype)
+    XP = scratch("XP", (B, T, D * 3 * H), dtype)
     np.matmul(x.reshape(B * T, I), p.WT, out=XP.reshape(B * T, D * 3 * H))
-    G = np.empty((D, B, 3 * H), dtype)
-    RH = np.empty((D, B, H), dtype)
+    G = scratch("G", (D, B, 3 * H), dtype)
+    RH = scratch("RH", (D, B, H), dtype)
     w = p.gemm_weights()
     gates = K.gru_gates_step
     matmul = np.matmul

@@ -262,7 +262,7 @@ def test_auto_path_choice_and_threads_agree(rng):
     from gru_engine import threads
 
     for B, H, path in [(1, 512, "rows"), (16, 64, "rows"), (16, 128, "rows"), (16, 512, "gemm"),
-                       (64, 64, "gemm"), (64, 512, "gemm")]:
+                       (16, 256, "rows"), (64, 64, "rows"), (64, 128, "gemm"), (64, 512, "gemm")]:
         assert api.choose_gru_path(B, H, 1, 2) == path, (B, H)
     m, _ = _model(rng, 6, 16, "bidirectional", 0)
     x = rng.standard_normal((5, 40, 6)).astype(np.float32)
