@@ -377,3 +377,26 @@ def test_env_var_sets_threads(tmp_path):
     env["GRU_ENGINE_NUM_THREADS"] = "two"
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "GRU_ENGINE_NUM_THREADS must be an integer, got 'two'" in out.stderr
+
+
+# --------------------------------------------------------------------------- warmup
+
+
+@slow_without_jit
+def test_warmup_command_compiles_all_variants(capsys):
+    import argparse
+
+    from gru_engine import cli_perf
+
+    parser = argparse.ArgumentParser()
+    cli_perf.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["warmup"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "GRU/Dense float32" in out and "GRU/Dense float64" in out and "numba cache" in out
+    from gru_engine import kernels_cpu as K
+
+    if hasattr(K.gru_rows, "signatures"):
+        for kern in (K.gru_rows, K.gru_gates_step, K.dense_act_inplace):
+            dts = {str(sig[0].dtype if hasattr(sig[0], "dtype") else sig[0]) for sig in kern.signatures}
+            assert len(kern.signatures) >= 2, (kern, dts)
