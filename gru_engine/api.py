@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numba
 import numpy as np
 
 from . import kernels_cpu as K
@@ -222,6 +223,8 @@ def run(model: Model, x, lengths=None, initial_state=None):
 def _stack_states(states: list):
     if not states:
         return None
+    if len(states) == 1:  # the runner's own fresh array: no copy needed
+        return states[0]
     if len({s.shape[2] for s in states}) == 1:
         return np.concatenate(states, axis=0)
     return states
@@ -321,6 +324,7 @@ def choose_gru_path(B: int, H: int, D: int, threads: int) -> str:
 
 
 _scratch = threading.local()
+_NO_MASK = np.ones((1, 1), np.uint8)  # placeholder when there is no mask (never read)
 
 
 def scratch(name: str, shape: tuple, dtype) -> np.ndarray:
@@ -336,8 +340,6 @@ def scratch(name: str, shape: tuple, dtype) -> np.ndarray:
 
 @register(GRU)
 def _run_gru(layer: GRU, i: int, x: np.ndarray, ctx: RunContext):
-    import numba
-
     from . import threads
 
     threads.ensure_init()
@@ -350,7 +352,7 @@ def _run_gru(layer: GRU, i: int, x: np.ndarray, ctx: RunContext):
     hs = np.zeros((D, B, H), dtype) if h0 is None else np.ascontiguousarray(h0, dtype=dtype)
     Y = np.empty((B, T, D * H), dtype)
     use_mask = ctx.mask is not None
-    mask = ctx.mask if use_mask else np.ones((1, 1), np.uint8)
+    mask = ctx.mask if use_mask else _NO_MASK
     zero_invalid = ctx.from_lengths or layer.masked_output == "zero"
     approx = dtype == np.float32
     nthreads = threads.get_num_threads()
