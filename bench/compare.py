@@ -449,7 +449,7 @@ def to_markdown(seq, chunks, steps, cold, env, command, busy) -> str:
         L += [f"**Machine busy:** {busy}", ""]
     if seq:
         L += ["## Whole sequences", "",
-              "| threads | model | B | engine ms | GF/s | ort ms | x ort | torch ms | x torch | max diff | note |",
+              "| threads | model (T=256, I=H) | B | engine ms | GF/s | ort ms | x ort | torch ms | x torch | max diff | note |",
               "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for r in seq:
             note = []
@@ -538,7 +538,7 @@ def main(argv=None):
     threads = [int(t) for t in (args.threads or ("1" if q else "1,2")).split(",")]
     reps = args.repeats or (3 if q else 7)
     Hs, Bs = ((64, 128), (1, 16)) if q else ((64, 128, 512), (1, 16, 64))
-    grid = [(f"T=256 I=H=H={H}", [_weights(H, H)], Bn, 256) for H in Hs for Bn in Bs]
+    grid = [(f"H={H}", [_weights(H, H)], Bn, 256) for H in Hs for Bn in Bs]
     if not q:
         grid.append(("2-layer bidir H=256", [_weights(256, 256, 2), _weights(512, 256, 2, seed=1)], 16, 256))
     load_start = os.getloadavg()
