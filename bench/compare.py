@@ -23,7 +23,8 @@ that is the only form PyTorch has; outputs checked to agree before timing):
   empty and with a warm numba cache (``NUMBA_CACHE_DIR``), for onnxruntime and for torch.
 
 Timing: round-robin (each repeat times every contender once, in turn), medians of the
-repeats; each sample is a block of calls lasting at least ~20 ms. Ratios are other / engine
+repeats; each sample is a block of calls lasting at least ~20 ms, after a 50 ms pause so
+that the previous contender's spinning thread pool has gone idle. Ratios are other / engine
 (> 1: the engine is faster), taken within this run. The machine load (load average) and
 the spread of the samples are reported, and rows with a large spread are flagged.
 
@@ -174,14 +175,19 @@ def _block_size(fn, target_s):
     return max(1, int(target_s / max(dt, 1e-7)))
 
 
-def time_round_robin(fns: dict, repeats: int, target_s=0.02) -> dict:
-    """Median seconds per call of each function, sampled in turn; plus the spread."""
+def time_round_robin(fns: dict, repeats: int, target_s=0.02, settle_s=0.05) -> dict:
+    """Median seconds per call of each function, sampled in turn; plus the spread.
+
+    ``settle_s`` of sleep before each sample: onnxruntime's and torch's (and numba's) pool
+    threads spin for a while after a call and would slow whichever contender runs next.
+    """
     for fn in fns.values():
         fn()  # warm-up: compile, allocate, page in
     sizes = {k: _block_size(fn, target_s) for k, fn in fns.items()}
     samples = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
+            time.sleep(settle_s)  # let the previous contender's spinning pool threads go idle
             n = sizes[k]
             t = time.perf_counter()
             for _ in range(n):

@@ -380,9 +380,12 @@ def _run_gru(layer: GRU, i: int, x: np.ndarray, ctx: RunContext):
         rb = max(1, min(ROW_BLOCK, B * D // nt))
         nblk = -(-B // rb)
         XP = scratch("XP", (B, T, D * 3 * H), dtype)
-        # NumPy's GEMM is faster, except before a parallel recurrence: keep that run on
-        # numba's pool alone (a single work item runs on the calling thread anyway)
-        project = (nt > 1 and D * nblk > 1) if PROJECT_IN_KERNEL is None else PROJECT_IN_KERNEL
+        project = PROJECT_IN_KERNEL
+        if project is None:
+            # one thread: NumPy's GEMM is faster. Several: keep the run on numba's pool alone
+            # before a parallel recurrence, and off BLAS's threads when the product is small
+            small = B * T * I * 3 * H * D < PARALLEL_SPLIT_MACS
+            project = nthreads > 1 and ((nt > 1 and D * nblk > 1) or small)
         if not project:  # one GEMM on NumPy's BLAS for all rows, steps and directions
             np.matmul(x.reshape(B * T, I), p.WT, out=XP.reshape(B * T, D * 3 * H))
         G = scratch("G", (D * nblk, rb, 3 * H), dtype)
@@ -394,6 +397,9 @@ def _run_gru(layer: GRU, i: int, x: np.ndarray, ctx: RunContext):
         w = p.gemm_weights()
         if nt != nthreads:
             numba.set_num_threads(nt)
+        # items are handed out one at a time (dynamic), not in fixed halves: on a shared
+        # machine one slowed thread must not hold up the whole run
+        chunk = numba.set_parallel_chunksize(1) if nt > 1 else None
         try:
             K.gru_rows(
                 x, p.WTd, p.bx, w[0], w[1] if len(w) > 1 else p.no_weights, p.Rb_h,
@@ -401,6 +407,8 @@ def _run_gru(layer: GRU, i: int, x: np.ndarray, ctx: RunContext):
                 approx, zero_invalid, ctx.from_lengths and use_mask, p.trev, Y, XP, G, RH, nchunks, rb, project,
             )
         finally:
+            if chunk is not None:
+                numba.set_parallel_chunksize(chunk)
             if nt != nthreads:
                 numba.set_num_threads(nthreads)
     else:
