@@ -305,9 +305,10 @@ ROW_BLOCK = 4
 PARALLEL_MIN_MACS = 1 << 21
 
 #: Row kernel: compute the input projection with the hand kernel inside numba (True), with
-#: one NumPy BLAS product before it (False), or None: BLAS (5-20% faster) unless several
-#: threads then run the recurrence in parallel (OpenBLAS workers spinning after a product
-#: slowed the following numba parallel loop by up to 2x).
+#: one NumPy BLAS product before it (False), or None: BLAS on one thread (5-20% faster);
+#: on several, the hand kernel before a parallel recurrence or for small products
+#: (OpenBLAS workers spinning after a product slowed the following numba parallel loop by
+#: up to 2x, and waking them costs more than a small product), BLAS otherwise.
 PROJECT_IN_KERNEL = None
 
 #: Input projections of fewer multiply-adds than this are not split over time chunks.
@@ -327,14 +328,18 @@ _scratch = threading.local()
 _NO_MASK = np.ones((1, 1), np.uint8)  # placeholder when there is no mask (never read)
 
 
+#: Work arrays up to this size are kept between runs (per thread); larger ones are not.
+SCRATCH_KEEP_BYTES = 64 << 20
+
+
 def scratch(name: str, shape: tuple, dtype) -> np.ndarray:
     """A work array kept per thread and reused while the shape stays the same: fresh
-    multi-megabyte arrays cost page faults on every call (~10% of a B=16 run)."""
+    multi-megabyte arrays cost page faults on every call (~5-10% of a B=16 run)."""
     cache = _scratch.__dict__
     a = cache.get(name)
     if a is None or a.shape != shape or a.dtype != dtype:
         a = np.empty(shape, dtype)
-        cache[name] = a
+        cache[name] = a if a.nbytes <= SCRATCH_KEEP_BYTES else None
     return a
 
 
