@@ -305,14 +305,18 @@ ROW_BLOCK = 4
 PARALLEL_MIN_MACS = 1 << 21
 
 #: Row kernel: compute the input projection with the hand kernel inside numba (True), with
-#: one NumPy BLAS product before it (False), or None: BLAS on one thread (5-20% faster);
-#: on several, the hand kernel before a parallel recurrence or for small products
-#: (OpenBLAS workers spinning after a product slowed the following numba parallel loop by
-#: up to 2x, and waking them costs more than a small product), BLAS otherwise.
+#: one NumPy BLAS product before it (False), or None: BLAS on one thread (5-20% faster),
+#: the hand kernel when several threads are set (see _run_gru).
 PROJECT_IN_KERNEL = None
 
 #: Input projections of fewer multiply-adds than this are not split over time chunks.
 PARALLEL_SPLIT_MACS = 1 << 24
+
+#: Batch 1, one direction, several threads: split the input projection over the threads
+#: (True) or run everything on the calling thread (False). Off: on this 2-vCPU machine
+#: (which behaves like one core with two hardware threads: the 2-thread sgemm peak equals
+#: the 1-thread one) the split ran B=1/H=256 in 11.6 ms against 5.2 ms on one thread.
+SPLIT_SINGLE_ITEM = False
 
 
 def choose_gru_path(B: int, H: int, D: int, threads: int) -> str:
@@ -385,18 +389,20 @@ def _run_gru(layer: GRU, i: int, x: np.ndarray, ctx: RunContext):
         rb = max(1, min(ROW_BLOCK, B * D // nt))
         nblk = -(-B // rb)
         XP = scratch("XP", (B, T, D * 3 * H), dtype)
+        if D * nblk == 1 and nthreads > 1 and SPLIT_SINGLE_ITEM is False:
+            nt = 1  # one recurrence item: the whole run on the calling thread (see below)
         project = PROJECT_IN_KERNEL
         if project is None:
-            # one thread: NumPy's GEMM is faster. Several: keep the run on numba's pool alone
-            # before a parallel recurrence, and off BLAS's threads when the product is small
-            small = B * T * I * 3 * H * D < PARALLEL_SPLIT_MACS
-            project = nthreads > 1 and ((nt > 1 and D * nblk > 1) or small)
+            # one thread: NumPy's GEMM is faster. Several: keep the run off BLAS's threads
+            # (spinning OpenBLAS workers slowed a following numba loop up to 2x, and a
+            # 2-thread OpenBLAS call on a small product took 8 ms instead of 0.1 ms)
+            project = nthreads > 1
         if not project:  # one GEMM on NumPy's BLAS for all rows, steps and directions
             np.matmul(x.reshape(B * T, I), p.WT, out=XP.reshape(B * T, D * 3 * H))
         G = scratch("G", (D * nblk, rb, 3 * H), dtype)
         RH = scratch("RH", (D * nblk, rb, H), dtype)
-        # one recurrence item (batch 1, one direction): the projection alone is split over
-        # time chunks, when it is large enough to repay a parallel launch
+        # one recurrence item (batch 1, one direction): the projection alone could be split
+        # over time chunks (SPLIT_SINGLE_ITEM), when large enough to repay a parallel launch
         split = D * B < nt and T >= 32 * nt and T * I * 3 * H * D * B >= PARALLEL_SPLIT_MACS
         nchunks = -(-nt // (D * B)) if split else 1
         w = p.gemm_weights()

@@ -241,6 +241,7 @@ def test_row_kernel_projection_and_parallel_split(project, dtype, B, direction, 
     monkeypatch.setattr(api, "PROJECT_IN_KERNEL", project)
     monkeypatch.setattr(api, "PARALLEL_MIN_MACS", 0)
     monkeypatch.setattr(api, "PARALLEL_SPLIT_MACS", 0)
+    monkeypatch.setattr(api, "SPLIT_SINGLE_ITEM", True)
     T, I, H = 70, 7, 9
     m, (W, R, Bw) = _model(rng, I, H, direction, lbr, dtype)
     x = rng.standard_normal((B, T, I)).astype(dtype)
