@@ -67,6 +67,13 @@ def warmup(verbose: bool = True) -> float:
         done.append("streaming steps")
     except (AttributeError, ImportError, NotImplementedError):
         pass
+    # layers around the GRUs (gru_engine.layers: conv, normalization, pooling; runs and streams)
+    try:
+        from .layers import warmup as layers_warmup
+
+        done.append(layers_warmup())
+    except (ImportError, AttributeError):
+        pass
     dt = time.perf_counter() - t0
     if verbose:
         where = os.environ.get("NUMBA_CACHE_DIR") or "next to the package's modules (__pycache__)"
