@@ -435,6 +435,13 @@ def test_step_reports_no_output_with_none(rng):
     assert s2.step(x[:, 1]).shape == (1, 2)
 
 
+def test_model_stream_names_the_lookahead_layer(rng):
+    """model.stream() routes conv models to LayerStream, which names what looks ahead."""
+    m = Model((Conv1D(kernel=r32(rng, 2, 3, 3), padding="same"),))
+    with pytest.raises(StreamingError, match="'same' padding looks ahead"):
+        m.stream()
+
+
 def test_streaming_refuses_lookahead_layers(rng):
     W = r32(rng, 4, 3, 3)
     gru = GRU(W=r32(rng, 2, 12, 4), R=r32(rng, 2, 12, 4), direction="bidirectional")
