@@ -179,8 +179,9 @@ def measure(hidden_sizes=(16, 32, 64, 128, 256), input_sizes=("1", "H"), repeats
     """Per-step latency (microseconds, medians over ``repeats`` round-robin blocks).
 
     Returns one dict per (H, I): ``H, I, engine_us, ort1_us, ort_default_us, torch_cell_us,
-    torch_gru_us`` (None where a framework is missing), ``ratio_ort1`` = ort1_us /
-    engine_us (and ``ratio_ort_default``, ``ratio_torch_cell``, ``ratio_torch_gru``),
+    torch_gru_us`` (None where a framework is missing), ``ratio_ort1``: the median over
+    rounds of ort1 / engine within each round (and ``ratio_ort_default``, ``ratio_torch_cell``,
+    ``ratio_torch_gru``),
     ``realtime_48k`` (x real-time, one step per sample) and ``max_abs_diff_vs_torch``.
     """
     try:
@@ -227,8 +228,11 @@ def measure(hidden_sizes=(16, 32, 64, 128, 256), input_sizes=("1", "H"), repeats
             for name in ("engine", "ort1", "ort_default", "torch_cell", "torch_gru"):
                 row[f"{name}_us"] = float(np.median(times[name])) if name in times else None
             for name in ("ort1", "ort_default", "torch_cell", "torch_gru"):
-                v = row[f"{name}_us"]
-                row[f"ratio_{name}"] = v / row["engine_us"] if v is not None else None
+                # median over rounds of the within-round ratio: robust to load that changes
+                # between rounds on a shared machine
+                row[f"ratio_{name}"] = (
+                    float(np.median(np.array(times[name]) / np.array(times["engine"]))) if name in times else None
+                )
             row["realtime_48k"] = 1e6 / row["engine_us"] / SAMPLE_RATE
             row["max_abs_diff_vs_torch"] = _check_agreement(model, W, R, B) if with_torch else None
             rows.append(row)
@@ -333,7 +337,7 @@ def to_markdown(rows, pool_rows, env, command) -> str:
         f"onnxruntime {env['onnxruntime']}, torch {env['torch']}.",
         "Threads: engine step kernel serial (1 thread); onnxruntime `intra_op_num_threads=1` (\"ort 1t\") and default "
         "(\"ort def\"); torch `set_num_threads(1)`. Medians of round-robin blocks (~4 ms each, 20 ms pause after each so "
-        "spinning thread pools go idle) in one process; ratio = other / engine.",
+        "spinning thread pools go idle) in one process; times are medians over rounds, ratios (x) the median over rounds of other / engine within a round.",
         "Environment: OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE "
         + (f"were set ({', '.join(f'{k}={v}' for k, v in _UNSET.items())}) and were unset for this run." if _UNSET else "were not set."),
         "",
@@ -377,7 +381,7 @@ def main(argv=None):
     print("OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE: "
           + (f"unset for this benchmark (were {_UNSET})" if _UNSET else "not set in the environment"))
     hs = (32, 128) if args.quick else (16, 32, 64, 128, 256)
-    reps = args.repeats or (5 if args.quick else 15)
+    reps = args.repeats or (5 if args.quick else 25)
     rows = measure(hs, repeats=reps)
     pool_rows = measure_pool((64,) if args.quick else (32, 64, 128, 256), repeats=5 if args.quick else 15)
     command = "python bench/step_latency.py" + (" --quick" if args.quick else "") + (f" --repeats {args.repeats}" if args.repeats else "")
