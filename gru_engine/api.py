@@ -313,9 +313,10 @@ PROJECT_IN_KERNEL = None
 PARALLEL_SPLIT_MACS = 1 << 24
 
 #: Batch 1, one direction, several threads: split the input projection over the threads
-#: (True) or run everything on the calling thread (False). Off: on this 2-vCPU machine
-#: (which behaves like one core with two hardware threads: the 2-thread sgemm peak equals
-#: the 1-thread one) the split ran B=1/H=256 in 11.6 ms against 5.2 ms on one thread.
+#: (True) or run everything on the calling thread (False). Off: on the shared 2-vCPU
+#: machine, while the other vCPU was busy (2-thread sgemm peak then below the 1-thread
+#: one), the split ran B=1/H=256 in 11.6 ms against 5.2 ms on one thread; when both vCPUs
+#: are free it would help (onnxruntime's 2-thread B=1/H=512 run is then 1.7x faster).
 SPLIT_SINGLE_ITEM = False
 
 
