@@ -174,8 +174,8 @@ def _check_agreement(model, W, R, B):
     return err
 
 
-def measure(hidden_sizes=(16, 32, 64, 128, 256), input_sizes=("1", "H"), repeats=15, block_s=0.004,
-            ort_default=True, with_torch=True, pause_s=0.02, log=print) -> list[dict]:
+def measure(hidden_sizes=(16, 32, 64, 128, 256), input_sizes=("1", "H"), repeats=15, block_s=0.02,
+            ort_default=True, with_torch=True, pause_s=0.005, log=print) -> list[dict]:
     """Per-step latency (microseconds, medians over ``repeats`` round-robin blocks).
 
     Returns one dict per (H, I): ``H, I, engine_us, ort1_us, ort_default_us, torch_cell_us,
@@ -336,7 +336,7 @@ def to_markdown(rows, pool_rows, env, command) -> str:
         f"Machine: {env['cpu']}, {env['cores']} cores; Python {env['python']}, numpy {env['numpy']}, numba {env['numba']}, "
         f"onnxruntime {env['onnxruntime']}, torch {env['torch']}.",
         "Threads: engine step kernel serial (1 thread); onnxruntime `intra_op_num_threads=1` (\"ort 1t\") and default "
-        "(\"ort def\"); torch `set_num_threads(1)`. Medians of round-robin blocks (~4 ms each, 20 ms pause after each so "
+        "(\"ort def\"); torch `set_num_threads(1)`. Round-robin blocks (~20 ms each, 5 ms pause after each so "
         "spinning thread pools go idle) in one process; times are medians over rounds, ratios (x) the median over rounds of other / engine within a round.",
         "Environment: OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE "
         + (f"were set ({', '.join(f'{k}={v}' for k, v in _UNSET.items())}) and were unset for this run." if _UNSET else "were not set."),
