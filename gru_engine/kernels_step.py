@@ -128,6 +128,9 @@ def _rnn_act(code, x, alpha, beta):
         return math.log1p(math.exp(x)) if x < 20.0 else x + math.log1p(math.exp(-x))
 
 
+# _rnn_act / _dense_act mirror kernels_cpu.rnn_act / dense_act_inplace on purpose: numba's
+# cache does not notice changes to @njit helpers defined in another module, so each kernel
+# module keeps its own helpers (STYLE.md section 3). Change both together; tests compare them.
 @njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)
 def _dense_act(y, code, alpha):
     """Dense activation ``code`` (model.DENSE_ACTIVATIONS) in place on y (F,); softmax over y."""

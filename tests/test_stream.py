@@ -17,6 +17,7 @@ from conftest import NO_JIT, random_gru_weights, slow_without_jit
 from gru_engine import GRU, Activation, Dense, Embedding, Masking, Model
 from gru_engine.errors import InputShapeError, InputTypeError, StreamingError
 from gru_engine.stream import STEP_BUILDERS, Stream, StreamPool
+from gru_engine.model import DENSE_ACTIVATIONS
 
 ATOL = 1e-5
 
@@ -468,3 +469,17 @@ def test_conv_models_stream_layer_by_layer():
 def test_step_registry_lists_layers():
     assert {GRU, Dense, Activation, Embedding, Masking} <= set(STEP_BUILDERS)
     assert issubclass(Stream, object)
+
+
+@pytest.mark.parametrize("act", sorted(DENSE_ACTIVATIONS))
+def test_every_dense_activation_steps_like_model_run(act):
+    """kernels_step keeps its own copy of the Dense activations (numba cache rule): keep both in step."""
+    rng = np.random.default_rng(7)
+    model = Model((gru(rng, 3, 6, lbr=1), Dense(kernel=rng.uniform(-0.5, 0.5, (6, 4)).astype(np.float32),
+                                               bias=rng.uniform(-0.1, 0.1, 4).astype(np.float32),
+                                               activation=act, alpha=0.2)))
+    x = rng.standard_normal((2, 9, 3)).astype(np.float32)
+    y_run, _ = model.run(x)
+    s = model.stream(batch_size=2)
+    y_step = np.stack([s.step(x[:, t]) for t in range(x.shape[1])], axis=1)
+    np.testing.assert_allclose(y_step, y_run, atol=1e-5, rtol=1e-5)
