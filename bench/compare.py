@@ -401,22 +401,10 @@ def _median_run(runs):
 
 def environment(thread_counts) -> dict:
     import numba
+    import step_latency  # bench/ is on sys.path (above): the versions and CPU, read one way
 
-    info = {"python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
-            "cores": os.cpu_count(), "cpu": platform.machine(), "threading_layer": None}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    for mod in ("onnxruntime", "torch"):
-        try:
-            info[mod] = __import__(mod).__version__
-        except ImportError:
-            info[mod] = None
+    info = step_latency.environment()
+    info["threading_layer"] = None
     try:
         from threadpoolctl import threadpool_info
 
