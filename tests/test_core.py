@@ -210,8 +210,21 @@ def test_gru_random_configs_vs_onnxruntime(cfg):
     hypothesis.assume(np.all(np.isfinite(Y)) and np.abs(Y).max() < 1e4)
     # non-default activations are unbounded: allow a relative term
     rtol = 0.0 if not cfg["acts"] else 1e-5
-    assert_close(y, Y, ATOL[np.float32], rtol, f"Y {cfg}")
-    assert_close(h_n, Y_h, ATOL[np.float32], rtol, f"Y_h {cfg}")
+    atol = ATOL[np.float32]
+    if cfg["acts"]:
+        # A gate activation other than Sigmoid (Tanh, Affine, ...) lets 1 - z reach 2, and the
+        # recurrence then amplifies float32 rounding step by step: two correct float32 kernels
+        # drift apart by far more than 1e-5 (seen: 5.5e-5 at T=7). There the engine must be as
+        # close to the exact (float64 oracle) result as onnxruntime's own float32 is, within a
+        # factor of 8 (seen: 4.4).
+        W, R, B, X, lens, h0 = build_inputs(cfg)
+        Y64, Yh64 = naive.onnx_gru(X.transpose(1, 0, 2), W, R, B, lens, h0, direction=cfg["direction"],
+                                   linear_before_reset=cfg["lbr"], activations=list(cfg["acts"]),
+                                   activation_alpha=cfg["alphas"], activation_beta=cfg["betas"], clip=cfg["clip"])
+        ort_err = max(np.abs(Y - ort_Y_to_batch_first(Y64)).max(initial=0), np.abs(Y_h - Yh64).max(initial=0))
+        atol = max(atol, 8 * ort_err)
+    assert_close(y, Y, atol, rtol, f"Y {cfg}")
+    assert_close(h_n, Y_h, atol, rtol, f"Y_h {cfg}")
 
 
 @pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
