@@ -183,26 +183,40 @@ def validate_against(source, framework: str, x=None, atol: float = 1e-5, *, mode
         x = default_input(model)
     if fw == "keras":
         y, h_n = model.run(x)
-        return _validate_keras(source, x, y, h_n, atol)
+        return _validate_keras(source, x, y, h_n, atol, model, kwargs.get("config"))
     return _validate_ort(source, x, model, atol)
 
 
-def _validate_keras(path, x, y, h_n, atol) -> dict:
+def _validate_keras(path, x, y, h_n, atol, model, config=None) -> dict:
+    """Keras itself on the file: ``load_model`` (safe mode), or for a weights-only file the
+    architecture ``config`` (what :func:`from_keras` accepts) built by Keras plus ``load_weights``."""
     os.environ.setdefault("KERAS_BACKEND", "torch")
+    import json
+
     import keras
 
-    km = keras.saving.load_model(os.fspath(path), compile=False, safe_mode=True)
+    if config is None:
+        km = keras.saving.load_model(os.fspath(path), compile=False, safe_mode=True)
+    else:
+        from .keras_io import _load_config_arg
+
+        cfg = _load_config_arg(config)
+        if "class_name" not in cfg:  # model.get_config()
+            cfg = {"class_name": "Functional" if "input_layers" in cfg else "Sequential", "config": cfg}
+        km = keras.models.model_from_json(json.dumps(cfg))
+        km.load_weights(os.fspath(path))
     out = km(x) if isinstance(x, np.ndarray) and x.dtype.kind == "f" else km(np.asarray(x))
-    outs = out if isinstance(out, (list, tuple)) else [out]
-    outs = [keras.ops.convert_to_numpy(o) for o in outs]
-    report = {"y": compare(y, outs[0], atol)}
-    # Keras return_state: extra outputs are the final states of the last GRU
-    if len(outs) > 1 and h_n is not None:
-        states = h_n if isinstance(h_n, list) else [h_n[i : i + 1] for i in range(h_n.shape[0])]
-        tail = [np.asarray(s)[0] for s in states[-(len(outs) - 1) :]]
-        for i, (o, s) in enumerate(zip(outs[1:], tail)):
-            report[f"state_{i}"] = compare(s, o, atol)
-    return report
+    if isinstance(out, dict):
+        out = [out[o.name] for o in model.outputs] if model.outputs else list(out.values())
+    outs = [keras.ops.convert_to_numpy(o) for o in (out if isinstance(out, (list, tuple)) else [out])]
+    if not model.outputs:
+        ours, names = [y], ["y"]
+    else:  # several outputs (return_state, merge_mode=None): each against its own
+        ours, names = model.select_outputs(y, h_n), [o.name or f"output_{i}" for i, o in enumerate(model.outputs)]
+    if len(ours) != len(outs):
+        return {"outputs": {"max_abs": float("inf"), "max_rel": float("inf"), "ok": False,
+                            "shape": [[len(ours)], [len(outs)]]}}
+    return {n: compare(a, r, atol) for n, a, r in zip(names, ours, outs)}
 
 
 def default_input_for_graph(path, model):
@@ -273,6 +287,9 @@ def _expected_outputs(sig, y, h_n, model) -> list:
     states = iter(h_n) if isinstance(h_n, list) else None
     out = []
     for _, kind, layout in sig.outputs:
+        if isinstance(kind, tuple):  # ("output", i): one of model.outputs
+            out.append(np.ascontiguousarray(model.select_outputs(y, h_n)[kind[1]]))
+            continue
         if kind == "h_n":
             a, src = (next(states) if states is not None else h_n), "dbh"
         elif kind == "Y":

@@ -34,6 +34,7 @@ Keras semantics reproduced (checked against Keras 3.15 ``model.predict``):
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -48,7 +49,7 @@ from gru_engine.model import Dense as EDense
 from gru_engine.model import Embedding as EEmbedding
 from gru_engine.model import GRU as EGRU
 from gru_engine.model import Masking as EMasking
-from gru_engine.model import Model
+from gru_engine.model import Model, Output
 
 from .conventions import keras_gru_to_onnx
 
@@ -565,6 +566,9 @@ class _Arch:
     dtype: str
     weight_order: dict  # {scope: [(layer name, class)] as model.layers orders them}
     keras2: bool = False  # written by Keras 1/2: their hard_sigmoid is clip(0.2 x + 0.5)
+    # Functional: the model outputs [(layer name, tensor index, output name)], in order;
+    # None: the chain's last layer's output(s) (a Sequential model).
+    outputs: list | None = None
 
 
 def _unwrap(cfg: dict) -> tuple[str, dict]:
@@ -725,10 +729,14 @@ def _parse_functional(layers, c, mname, dtype, src) -> _Arch:
     for layer in layers:
         by_name[_layer_name(layer)] = layer
     ins = _norm_io(c.get("input_layers"), "input_layers", src)
-    outs = _norm_io(c.get("output_layers"), "output_layers", src)
-    if len(ins) != 1 or len(outs) != 1:
+    raw_outs = c.get("output_layers")
+    if isinstance(raw_outs, dict):  # named outputs: Keras flattens (and predict returns) them sorted by name
+        raw_outs = dict(sorted(raw_outs.items()))
+    outs = _norm_io(raw_outs, "output_layers", src)
+    out_names = [str(k) for k in raw_outs] if isinstance(raw_outs, dict) else [f"{o[0]}:{o[2]}" for o in outs]
+    if len(ins) != 1 or not outs:
         raise UnsupportedError(
-            f"Functional model {mname!r} must have one input and one output (a chain), got "
+            f"Functional model {mname!r} must have one input and at least one output (a chain), got "
             f"{len(ins)} inputs {[i[0] for i in ins]} and {len(outs)} outputs {[o[0] for o in outs]}"
         )
     calls = {n: _node_calls(layer) for n, layer in by_name.items()}
@@ -751,45 +759,61 @@ def _parse_functional(layers, c, mname, dtype, src) -> _Arch:
             lay.get("class_name") in MASK_OPS and "module" not in lay
         )
 
-    # Walk back from the output along the main input of each layer.
-    chain: list[str] = []
-    ref = outs[0]
     in_name = ins[0][0]
-    seen = set()
-    while True:
-        lname, node_i, t_i = ref
-        if lname not in by_name:
-            raise ModelFileError(f"{src!r}: the Functional config refers to layer {lname!r}, which it does not define")
-        if lname in seen:
-            raise ModelFileError(f"{src!r}: the Functional graph has a cycle at layer {lname!r}")
-        seen.add(lname)
-        layer = by_name[lname]
-        lcls = str(layer.get("class_name"))
-        if t_i != 0:
+
+    def walk(ref) -> list[str]:
+        """The layers from the input to ``ref``'s layer, along each layer's one input."""
+        chain: list[str] = []
+        seen = set()
+        first = True
+        while True:
+            lname, node_i, t_i = ref
+            if lname not in by_name:
+                raise ModelFileError(f"{src!r}: the Functional config refers to layer {lname!r}, which it does not define")
+            if lname in seen:
+                raise ModelFileError(f"{src!r}: the Functional graph has a cycle at layer {lname!r}")
+            seen.add(lname)
+            layer = by_name[lname]
+            lcls = str(layer.get("class_name"))
+            if t_i != 0 and not first:
+                raise UnsupportedError(
+                    f"layer {lname!r} ({lcls}): its output #{t_i} (a return_state state, or the backward half of "
+                    "Bidirectional(merge_mode=None)) feeds the next layer; only the main output (#0) can feed the "
+                    "converted chain (states and extra outputs can be model outputs)"
+                )
+            first = False
+            if lname == in_name:
+                break
+            cl = calls[lname]
+            if len(cl) != 1:
+                raise UnsupportedError(
+                    f"layer {lname!r} ({lcls}) is called {len(cl)} times (a shared layer); supported: each layer called "
+                    "once, in a chain"
+                )
+            if node_i != 0:
+                raise ModelFileError(f"{src!r}: layer {lname!r} has no call #{node_i}")
+            args, _kwargs = cl[0]
+            tensor_args = [r for a in args for r in _refs(a)]
+            if len(tensor_args) != 1:
+                raise UnsupportedError(
+                    f"layer {lname!r} ({lcls}) takes {len(tensor_args)} tensors {[t[0] for t in tensor_args]}; "
+                    "supported: layers with one input, in a chain (no merges, no branches)"
+                )
+            chain.append(lname)
+            ref = tensor_args[0]
+        chain.reverse()
+        return chain
+
+    # The chain runs from the input to the deepest output; every other output must be read off
+    # that chain (the state of one of its GRUs, or another output of its last layer).
+    chains = [walk(r) for r in outs]
+    chain = max(chains, key=len)
+    for r, ch in zip(outs, chains):
+        if ch != chain[: len(ch)]:
             raise UnsupportedError(
-                f"layer {lname!r} ({lcls}): its output #{t_i} (a return_state state) feeds the next layer or the "
-                "model output; only the main output (#0) can be part of the converted chain"
+                f"Functional model {mname!r}: output {r[0]!r} is on a branch off the chain "
+                f"{' -> '.join([in_name, *chain])}; supported: models whose layers form one chain"
             )
-        if lname == in_name:
-            break
-        cl = calls[lname]
-        if len(cl) != 1:
-            raise UnsupportedError(
-                f"layer {lname!r} ({lcls}) is called {len(cl)} times (a shared layer); supported: each layer called once, "
-                "in a chain"
-            )
-        if node_i != 0:
-            raise ModelFileError(f"{src!r}: layer {lname!r} has no call #{node_i}")
-        args, _kwargs = cl[0]
-        tensor_args = [r for a in args for r in _refs(a)]
-        if len(tensor_args) != 1:
-            raise UnsupportedError(
-                f"layer {lname!r} ({lcls}) takes {len(tensor_args)} tensors {[t[0] for t in tensor_args]}; supported: "
-                "layers with one input, in a chain (no merges, no branches)"
-            )
-        chain.append(lname)
-        ref = tensor_args[0]
-    chain.reverse()
     chain_set = set(chain) | {in_name}
 
     nodes = []
@@ -808,13 +832,15 @@ def _parse_functional(layers, c, mname, dtype, src) -> _Arch:
                 f"layer {lname!r} ({cls}) receives a tensor as {k}= (from {[r[0] for r in _refs(v)]}); supported: "
                 "the layer input only (and the masks Keras derives from Embedding(mask_zero=True) / Masking)"
             )
-        # States of return_state layers must be unused.
+        # States of return_state layers may only be model outputs.
         for key, uses in consumers.items():
             if key[0] == lname and key[2] != 0:
-                raise UnsupportedError(
-                    f"layer {lname!r} ({cls}): its state output #{key[2]} feeds {uses[0][0]!r}; supported: a return_state "
-                    "layer whose states are not used (the chain consumes its main output)"
-                )
+                bad = [u for u, _how in uses if u != "<model output>"]
+                if bad:
+                    raise UnsupportedError(
+                        f"layer {lname!r} ({cls}): its output #{key[2]} (a state) feeds {bad[0]!r}; supported: a "
+                        "return_state layer whose states are model outputs or unused (the chain consumes its main output)"
+                    )
         for key, uses in consumers.items():
             if key[0] == lname and key[2] == 0:
                 bad = [u for u, how in uses if u not in chain_set and u != "<model output>" and not is_op(u)]
@@ -845,9 +871,16 @@ def _parse_functional(layers, c, mname, dtype, src) -> _Arch:
     if str(inp.get("class_name")) != "InputLayer":
         raise UnsupportedError(f"the model input {in_name!r} must be an InputLayer, got {inp.get('class_name')!r}")
     weight_order = {(): [(n, str(by_name[n].get("class_name"))) for n in by_name if not is_op(n)]}
+    for (lname, _n, t_i) in outs:
+        if t_i != 0 and _class_of(by_name[lname]) in NESTED_MODELS:
+            raise UnsupportedError(
+                f"Functional model {mname!r}: output #{t_i} of the nested model {lname!r} is a model output; supported: "
+                "a nested model's main output"
+            )
     return _Arch(
         "Functional", mname, _flatten(nodes, weight_order), ic.get("batch_shape") or ic.get("batch_input_shape"),
         _policy_name(ic.get("dtype")) if ic.get("dtype") else None, dtype, weight_order,
+        outputs=[(o[0], o[2], nm) for o, nm in zip(outs, out_names)],
     )
 
 
@@ -989,6 +1022,9 @@ class _Builder:
         self.size: int | None = None  # features flowing between layers
         self.seq = True  # inputs are sequences until a last-step GRU
         self.masked = False  # a mask producer precedes
+        # Keras outputs of each GRU / Bidirectional layer (top-level name -> {tensor index: Output})
+        # and the engine layer they belong to: model outputs are read from these.
+        self.taps: dict[str, tuple[object, dict]] = {}
 
     def cast(self, a: np.ndarray) -> np.ndarray:
         return np.asarray(a, dtype=self.dtype)
@@ -1118,11 +1154,19 @@ class _Builder:
             raise UnsupportedError(f"{where} needs a sequence input, but the previous GRU returns the last step only")
 
     def _check_state(self, node, where, opts, is_last):
-        if opts["return_state"] and self.arch.kind == "Sequential":
+        if opts["return_state"] and self.arch.kind == "Sequential" and not is_last:
             raise UnsupportedError(
-                f"{where}: return_state=True in a Sequential model makes the layer output a list; supported: "
-                "return_state in a Functional model whose chain uses only the main output"
+                f"{where}: return_state=True in a Sequential model makes the layer output a list, which the next "
+                "layer cannot take; supported: return_state on the last layer, or in a Functional model"
             )
+
+    def _tap(self, node, outputs: list, states: int) -> None:
+        """Record the Keras outputs of the GRU layer just added: ``outputs`` (``Output`` specs
+        of its main output(s)) then, with return_state, its ``states`` final states."""
+        gi = sum(isinstance(layer, EGRU) for layer in self.layers) - 1
+        taps = list(outputs) + [Output("state", gru=gi, direction=d) for d in range(states)]
+        if not node.scope:
+            self.taps[node.lname] = (self.layers[-1], dict(enumerate(taps)))
 
     def _l_RNN(self, node, where, is_last):
         cfg = _gru_config({"class_name": "RNN", "config": node.cfg}, where)
@@ -1154,18 +1198,22 @@ class _Builder:
         self.size = opts["units"]
         self.seq = opts["return_sequences"]
         self.masked = self.masked and self.seq  # Keras: no mask after a last-step RNN
+        self._tap(node, [Output("y")], 1 if opts["return_state"] else 0)
 
     def _l_Bidirectional(self, node, where, is_last):
         self._check_seq(where)
         c = node.cfg
         merge = c.get("merge_mode", "concat")
-        if merge is None:
+        if merge is None and not is_last:
             raise UnsupportedError(
-                f"{where}: merge_mode=None outputs the two directions as two tensors; supported: merge_mode "
+                f"{where}: merge_mode=None outputs the two directions as two tensors, which the next layer cannot "
+                "take; supported: merge_mode=None on the model's last layer (both become model outputs), or merge_mode "
                 "'concat', 'sum', 'mul', 'ave'"
             )
-        if merge not in ("concat", "sum", "mul", "ave"):
-            raise UnsupportedError(f"{where}: merge_mode={merge!r} is not supported; supported: concat, sum, mul, ave")
+        if merge not in ("concat", "sum", "mul", "ave", None):
+            raise UnsupportedError(
+                f"{where}: merge_mode={merge!r} is not supported; supported: concat, sum, mul, ave, None"
+            )
         fl = c.get("layer") or {}
         bl = c.get("backward_layer")
         sides = {}
@@ -1204,15 +1252,17 @@ class _Builder:
                 W=self.cast(np.stack([Wf, Wb])), R=self.cast(np.stack([Rf, Rb])), B=self.cast(np.stack([Bf, Bb])),
                 direction="bidirectional", linear_before_reset=lbr,
                 activations=names, activation_alpha=alphas, activation_beta=betas,
-                return_sequences=rs, merge=merge,
+                return_sequences=rs, merge=merge or "concat",  # None: the two halves of concat's output
                 # Keras forces zero_output_for_mask = return_sequences on both layers.
                 masked_output="zero" if rs else "carry", name=node.lname,
             )
         )
         H = fo["units"]
-        self.size = 2 * H if merge == "concat" else H
+        self.size = 2 * H if merge in ("concat", None) else H
         self.seq = rs
         self.masked = self.masked and rs
+        mains = [Output("y")] if merge is not None else [Output("y", 0, H), Output("y", H, 2 * H)]
+        self._tap(node, mains, 2 if fo["return_state"] else 0)
 
 
 def _build(arch: _Arch, store: _WeightStore, src: str, name: str | None) -> Model:
@@ -1236,7 +1286,37 @@ def _build(arch: _Arch, store: _WeightStore, src: str, name: str | None) -> Mode
     input_size = None
     if not takes_tokens:
         input_size = _first_input_size(b.layers, arch, b.size)
-    return Model(tuple(b.layers), input_size=input_size, name=name or arch.name)
+    outputs = _model_outputs(arch, b)
+    return Model(tuple(b.layers), input_size=input_size, name=name or arch.name, outputs=outputs)
+
+
+def _model_outputs(arch: _Arch, b: _Builder) -> tuple:
+    """The Keras model's outputs as engine ``Output`` specs; () when it has one, the chain's output."""
+    last = arch.nodes[-1].lname if arch.nodes else None
+    refs = arch.outputs
+    if refs is None:  # Sequential: the last layer's outputs (several with return_state / merge_mode=None)
+        n = len(b.taps[last][1]) if last in b.taps else 1
+        refs = [(last, i, f"{last}:{i}") for i in range(n)]
+    outs = []
+    for lname, t_i, oname in refs:
+        layer, taps = b.taps.get(lname, (None, {}))
+        if layer is None:  # not a GRU: the chain's end (the walk in _parse_functional checked it)
+            if lname != last or t_i != 0:
+                raise UnsupportedError(f"model {arch.name!r}: output {oname!r} must be the chain's output or a GRU state")
+            outs.append(Output("y", name=oname))
+            continue
+        if t_i not in taps:
+            raise ModelFileError(f"model {arch.name!r}: output {oname!r} refers to output #{t_i} of {lname!r}, which has {len(taps)}")
+        o = taps[t_i]
+        if o.kind == "y" and (lname != last or b.layers[-1] is not layer):
+            raise UnsupportedError(
+                f"model {arch.name!r}: output {oname!r} is the output of layer {lname!r}, which other layers follow; "
+                "supported: the chain's last output and GRU states as model outputs"
+            )
+        outs.append(dataclasses.replace(o, name=oname))
+    if len(outs) == 1 and outs[0].kind == "y" and outs[0].start == 0 and outs[0].stop is None:
+        return ()
+    return tuple(outs)
 
 
 def _first_input_size(layers, arch: _Arch, final_size):

@@ -45,6 +45,7 @@ from gru_engine.model import (
     Layer,
     Masking,
     Model,
+    Output,
 )
 
 PRODUCER = "gru-engine"
@@ -180,7 +181,8 @@ def to_onnx(
     elem = _NP_TO_ONNX[np.dtype(dtype)]
     b = _Builder(dtype, opset)
     b.fresh("x")
-    b._names.update({"y", "h_n"} | {f"h_n_{i}" for i in range(len(model.layers))})  # graph output names
+    b._names.update({"y", "h_n"} | {f"h_n_{i}" for i in range(len(model.layers))}  # graph output names
+                    | {f"output_{i}" for i in range(len(model.outputs))})
     inputs, outputs = [], []
     grus = model.gru_layers
     Hs = [g.hidden_size for g in grus]
@@ -288,6 +290,22 @@ def to_onnx(
                 b.nodes.append(helper.make_node("Identity", [s], [nm], name=b.fresh(nm)))
                 outputs.append(helper.make_tensor_value_info(nm, elem, [g.num_directions, "batch", g.hidden_size]))
 
+    # A model with several outputs (Keras return_state / merge_mode=None): each one as well, so
+    # onnxruntime returns what the source framework returns.
+    for i, o in enumerate(model.outputs):
+        nm = f"output_{i}"
+        if o.kind == "y":
+            stop = out_size if o.stop is None else o.stop
+            src = b.op("Slice", [cur, b.i64([o.start]), b.i64([stop]), b.i64([-1])], name=f"{nm}/slice")
+            shape = ["batch", "time", stop - o.start] if model.output_is_sequence else ["batch", stop - o.start]
+        else:
+            d = o.direction
+            hd = b.op("Slice", [final_states[o.gru], b.i64([d]), b.i64([d + 1]), b.i64([0])], name=f"{nm}/slice")
+            src = b.op("Squeeze", [hd, b.i64([0])], name=f"{nm}/squeeze")
+            shape = ["batch", grus[o.gru].hidden_size]
+        b.nodes.append(helper.make_node("Identity", [src], [nm], name=b.fresh(nm)))
+        outputs.append(helper.make_tensor_value_info(nm, elem, shape))
+
     graph = helper.make_graph(b.nodes, model.name or "gru_engine_model", inputs, outputs, b.inits)
     proto = helper.make_model(
         graph,
@@ -299,7 +317,8 @@ def to_onnx(
     proto.ir_version = min(proto.ir_version, 10)
     helper.set_model_props(proto, {
         FORMAT_KEY: FORMAT_VERSION,
-        MODEL_KEY: json.dumps({"input_size": model.input_size, "name": model.name}),
+        MODEL_KEY: json.dumps({"input_size": model.input_size, "name": model.name,
+                               "outputs": [dataclasses.asdict(o) for o in model.outputs]}),
         LAYERS_KEY: json.dumps(metas, default=_json_default),
     })
     if check:
@@ -436,7 +455,8 @@ class Signature:
     x_layout : "btf" (batch-first) or "tbf" (time-major) for the graph's ``x``.
     state_layout : "dbh" (``[L*D, B, H]``) or "bdh" (layout=1 ``[B, D, H]``).
     outputs : ``(graph output name, kind, layout)``: kind "y" (per-step or last-step model
-        output), "Y" (a bare GRU node's 4-D Y) or "h_n"; layout names the graph's axes
+        output), "Y" (a bare GRU node's 4-D Y), "h_n", or ``("output", i)`` (entry ``i`` of
+        ``Model.outputs``, as ``Model.select_outputs`` gives it); layout names the graph's axes
         order, e.g. "btf", "tdbh", "btdh", "dbh", "bdh" ("1": a unit axis).
     default_lengths, default_state : ``lengths`` / ``initial_state`` (one ``(D, B, H)``
         array per GRU layer) that the graph fixes in initializers; ``to_model_args`` passes
@@ -478,6 +498,9 @@ class Signature:
         """``Model.run``'s ``(y, h_n)`` in the graph's own output layouts, in graph order."""
         out = []
         for name, kind, layout in self.outputs:
+            if isinstance(kind, tuple):  # ("output", i): one of Model.outputs
+                out.append(np.ascontiguousarray(model.select_outputs(y, h_n)[kind[1]]))
+                continue
             if kind == "h_n":
                 a, src = h_n, "dbh"
             elif kind == "Y":
@@ -669,7 +692,11 @@ def _from_own(proto, props, label):
             if cls is GRU:
                 _check_gru_sizes(kw, f"{label}: layer {i}")
             layers.append(cls(**kw))
-        model = Model(tuple(layers), mmeta.get("input_size"), mmeta.get("name", ""))
+        outs = mmeta.get("outputs") or []
+        if not isinstance(outs, list) or not all(isinstance(o, dict) for o in outs):
+            raise ModelFileError(f"{label}: metadata outputs must be a list of objects, got {outs!r}")
+        model = Model(tuple(layers), mmeta.get("input_size"), mmeta.get("name", ""),
+                      outputs=tuple(Output(**o) for o in outs))
     except ModelDefinitionError as e:
         raise ModelFileError(f"{label}: {e}") from None
     except GRUEngineError:
@@ -685,6 +712,8 @@ def _from_own(proto, props, label):
             sig.outputs.append(("y", "y", "btf"))
         elif o.name.startswith("h_n"):
             sig.outputs.append((o.name, "h_n", "dbh"))
+        elif o.name.startswith("output_") and o.name[7:].isdigit() and int(o.name[7:]) < len(model.outputs):
+            sig.outputs.append((o.name, ("output", int(o.name[7:])), ""))
     sig.x_dtype = "int64" if model.takes_tokens else str(model.dtype)
     return model, sig
 

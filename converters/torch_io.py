@@ -36,6 +36,7 @@ Checkpoint heuristics (a state dict holds tensors only: no wiring, no activation
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import re
@@ -47,7 +48,7 @@ import numpy as np
 
 from gru_engine import config
 from gru_engine.errors import ModelDefinitionError, ModelFileError, UnsupportedError
-from gru_engine.model import GRU, Activation, Dense, Embedding, Layer, Masking, Model
+from gru_engine.model import GRU, Activation, Dense, Embedding, Layer, Masking, Model, select_outputs
 
 from . import conventions
 
@@ -414,8 +415,6 @@ def _plan_to_model(plan: CheckpointPlan, name: str) -> Model:
 
 
 def _replace(layer, **changes):
-    import dataclasses
-
     return dataclasses.replace(layer, **changes)
 
 
@@ -534,7 +533,7 @@ def _from_module(module, example_input, opset: int | None) -> Model:
 
 
 def _rename(model: Model, name: str) -> Model:
-    return Model(model.layers, model.input_size if not model.takes_tokens else None, name)
+    return dataclasses.replace(model, name=name)
 
 
 # =========================================================================== to_torch
@@ -582,13 +581,23 @@ def _classes():
         ``h_n`` layer by layer, forward then reverse (a list when hidden sizes differ).
         """
 
-        def __init__(self, ops):
+        def __init__(self, ops, outputs=(), directions=()):
             super().__init__()
             self._ops = []
             for op in ops:
                 if op["module"] is not None:
                     self.add_module(op["name"], op["module"])
                 self._ops.append({k: v for k, v in op.items() if k != "module"})
+            self._outputs, self._directions = tuple(outputs), tuple(directions)
+
+        def predict(self, x, h0=None):
+            """The source model's outputs, like ``Model.predict``: ``y``, or a list for a
+            model with several (Keras return_state, Bidirectional merge_mode=None)."""
+            y, h_n = self(x, h0)
+            if not self._outputs:
+                return y
+            out = select_outputs(self._outputs, self._directions, y, h_n)
+            return out[0] if len(out) == 1 else out
 
         def forward(self, x, h0=None):
             states = []
@@ -778,7 +787,7 @@ def to_torch(model: Model):
             raise UnsupportedError(f"{where}: Masking has no PyTorch equivalent (nn.GRU has no per-step masks)")
         else:
             raise UnsupportedError(f"{where}: {layer.kind} layers are not supported by to_torch")
-    module = _classes()["GRUEngineModule"](ops)
+    module = _classes()["GRUEngineModule"](ops, model.outputs, [g.num_directions for g in model.gru_layers])
     return module.eval()
 
 

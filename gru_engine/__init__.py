@@ -21,7 +21,7 @@ from .errors import (
     UnsupportedError,
     ValidationError,
 )
-from .model import GRU, Activation, Dense, Embedding, Masking, Model
+from .model import GRU, Activation, Dense, Embedding, Masking, Model, Output
 from .threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
@@ -55,7 +55,7 @@ def __getattr__(name):  # lazy: keep `import gru_engine` light
 
 __all__ = [
     "set_num_threads", "get_num_threads",
-    "load", "save", "Model", "GRU", "Dense", "Embedding", "Activation", "Masking",
+    "load", "save", "Model", "Output", "GRU", "Dense", "Embedding", "Activation", "Masking",
     "GRUEngineError", "ModelFileError", "UnsupportedError", "ModelDefinitionError",
     "InputShapeError", "InputTypeError", "DeviceError", "StreamingError", "ValidationError",
 ]

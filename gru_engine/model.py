@@ -413,6 +413,58 @@ class Masking(Layer):
         return f"Masking({self.mask_value})"
 
 
+# --------------------------------------------------------------------------- outputs
+
+
+@dataclass(frozen=True)
+class Output:
+    """One output of a model with several (Keras ``return_state``, ``Bidirectional(merge_mode=None)``),
+    read from what :meth:`Model.run` computes, so no layer runs twice.
+
+    kind : ``"y"``: features ``[start, stop)`` of ``run``'s ``y`` on its last axis (``stop``
+        None: to the end); ``"state"``: the final state ``(B, H)`` of GRU layer ``gru`` (its
+        index in :attr:`Model.gru_layers`), direction ``direction`` (0 forward, 1 reverse).
+    name : the source framework's name for the output (a Keras output dict key, or a label).
+    """
+
+    kind: str = "y"
+    start: int = 0
+    stop: int | None = None
+    gru: int = 0
+    direction: int = 0
+    name: str = ""
+
+    def describe(self) -> str:
+        if self.kind == "state":
+            return f"state of GRU {self.gru}{' reverse' if self.direction else ''}"
+        return "y" if self.start == 0 and self.stop is None else f"y[..., {self.start}:{'' if self.stop is None else self.stop}]"
+
+
+def _check_outputs(outputs, model) -> tuple:
+    outs = tuple(outputs)
+    grus = model.gru_layers
+    for i, o in enumerate(outs):
+        if not isinstance(o, Output):
+            raise ModelDefinitionError(f"output {i} must be a gru_engine.model.Output, got {type(o).__name__}")
+        where = f"output {i}{' ' + repr(o.name) if o.name else ''}"
+        if o.kind == "y":
+            stop = model.output_size if o.stop is None else o.stop
+            if not 0 <= o.start < stop <= model.output_size:
+                raise ModelDefinitionError(
+                    f"{where}: features [{o.start}, {o.stop}) must lie within the model output's {model.output_size}"
+                )
+        elif o.kind == "state":
+            if not 0 <= o.gru < len(grus):
+                raise ModelDefinitionError(f"{where}: GRU index {o.gru} must be in [0, {len(grus)}) (the model's GRU layers)")
+            if not 0 <= o.direction < grus[o.gru].num_directions:
+                raise ModelDefinitionError(
+                    f"{where}: direction {o.direction} must be < {grus[o.gru].num_directions} (GRU layer {o.gru})"
+                )
+        else:
+            raise ModelDefinitionError(f"{where}: kind must be 'y' or 'state', got {o.kind!r}")
+    return outs
+
+
 # --------------------------------------------------------------------------- model
 
 
@@ -426,11 +478,15 @@ class Model:
     input_size : features per step of the float input ``(B, T, input_size)``; for a model
         that starts with an :class:`Embedding` it is None and the input is ``(B, T)`` token ids.
     name : a label (file name, source class).
+    outputs : for a source model with several outputs (Keras ``return_state``,
+        ``Bidirectional(merge_mode=None)``): what each one is, as :class:`Output` specs over
+        ``run``'s ``(y, h_n)``; :meth:`predict` returns them as a list. Empty: one output, ``y``.
     """
 
     layers: tuple = ()
     input_size: int | None = None
     name: str = ""
+    outputs: tuple = ()
 
     def __post_init__(self):
         layers = tuple(self.layers)
@@ -480,6 +536,7 @@ class Model:
             size = layer.output_size(size)
         object.__setattr__(self, "_output_size", size)
         object.__setattr__(self, "_output_is_sequence", seq)
+        object.__setattr__(self, "outputs", _check_outputs(self.outputs, self))
 
     # ----------------------------------------------------------------- properties
     @property
@@ -518,7 +575,7 @@ class Model:
             raise ModelDefinitionError(f"dtype must be float32 or float64, got {dtype}")
         if dtype == self.dtype:
             return self
-        return Model(tuple(layer.astype(dtype) for layer in self.layers), self.input_size, self.name)
+        return dataclasses.replace(self, layers=tuple(layer.astype(dtype) for layer in self.layers))
 
     def summary(self) -> str:
         lines = [f"Model {self.name!r}: input {'token ids (B, T)' if self.takes_tokens else f'(B, T, {self.input_size})'}, dtype {self.dtype}"]
@@ -528,6 +585,8 @@ class Model:
             lines.append(f"  [{i}] {layer.describe():<60s} -> {size:>6d} features   {layer.param_count():>10,d} params  {layer.name}")
         out = f"(B, T, {self.output_size})" if self.output_is_sequence else f"(B, {self.output_size})"
         lines.append(f"  output {out}; {self.param_count():,d} parameters")
+        for i, o in enumerate(self.outputs):
+            lines.append(f"  predict() output {i}{' ' + repr(o.name) if o.name else ''}: {o.describe()}")
         return "\n".join(lines)
 
     # ----------------------------------------------------------------- running
@@ -542,8 +601,37 @@ class Model:
 
         return api.run(self, x, lengths=lengths, initial_state=initial_state)
 
-    def __call__(self, x, lengths=None, initial_state=None):
-        return self.run(x, lengths=lengths, initial_state=initial_state)[0]
+    def predict(self, x, lengths=None, initial_state=None, device=None):
+        """The source model's outputs, as its framework returns them: one array for a model
+        with one output, a list (one array per :attr:`outputs` entry, in the source's order,
+        like Keras ``model.predict``) for a model with several."""
+        y, h_n = self.run(x, lengths=lengths, initial_state=initial_state, device=device)
+        if not self.outputs:
+            return y
+        out = self.select_outputs(y, h_n)
+        return out[0] if len(out) == 1 else out
+
+    __call__ = predict
+
+    def select_outputs(self, y, h_n) -> list:
+        """:attr:`outputs` taken from ``run``'s ``(y, h_n)`` (NumPy arrays, or the same
+        structure from :func:`converters.to_torch`'s module: only indexing is used)."""
+        return select_outputs(self.outputs, [g.num_directions for g in self.gru_layers], y, h_n)
+
+
+def select_outputs(outputs, directions, y, h_n) -> list:
+    """``outputs`` (:class:`Output` specs) from ``(y, h_n)``; ``directions``: D of each GRU
+    layer, to find a layer's rows in an ``h_n`` array ``(sum(D), B, H)`` (a list is per layer)."""
+    offsets = np.cumsum([0, *directions])
+    out = []
+    for o in outputs:
+        if o.kind == "y":
+            out.append(y[..., o.start:o.stop])
+        elif isinstance(h_n, (list, tuple)):
+            out.append(h_n[o.gru][o.direction])
+        else:
+            out.append(h_n[int(offsets[o.gru]) + o.direction])
+    return out
 
     def stream(self, batch_size: int = 1, device=None, **kwargs):
         """A stateful :class:`gru_engine.stream.Stream` over this model.

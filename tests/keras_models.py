@@ -236,6 +236,46 @@ def functional_return_state():
     return k.Model(inp, out), "tokens"
 
 
+def sequential_return_state():
+    """return_state on a Sequential model's last layer: Keras outputs (y, state)."""
+    k = _k()
+    L = k.layers
+    m = k.Sequential([k.Input((T, F)), L.Masking(0.0), L.GRU(5, return_sequences=True), L.GRU(4, return_state=True)])
+    return m, "float"
+
+
+def bidirectional_none_sequences():
+    """merge_mode=None on the last layer: Keras outputs the two directions' sequences."""
+    k = _k()
+    L = k.layers
+    m = k.Sequential([
+        k.Input((T, F)), L.Masking(0.0), L.GRU(5, return_sequences=True),
+        L.Bidirectional(L.GRU(4, return_sequences=True, reset_after=False), merge_mode=None),
+    ])
+    return m, "float"
+
+
+def bidirectional_none_states():
+    """merge_mode=None with return_state: four outputs (forward, backward, their states)."""
+    k = _k()
+    L = k.layers
+    inp = k.Input((None,), dtype="int32")
+    x = L.Embedding(V, 4, mask_zero=True)(inp)
+    outs = L.Bidirectional(L.GRU(3, return_state=True, recurrent_activation="hard_sigmoid"), merge_mode=None)(x)
+    return k.Model(inp, outs), "tokens"
+
+
+def functional_state_outputs():
+    """Named (dict) outputs: a head on the sequence plus states of two GRU layers."""
+    k = _k()
+    L = k.layers
+    inp = k.Input((T, F))
+    x, h1 = L.GRU(5, return_sequences=True, return_state=True, go_backwards=True)(inp)
+    x, hf, hb = L.Bidirectional(L.GRU(3, return_sequences=True, return_state=True), merge_mode="ave")(x)
+    out = L.TimeDistributed(L.Dense(2, activation="tanh"))(x)
+    return k.Model(inp, {"head": out, "h_first": h1, "h_back": hb, "h_fwd": hf}), "float"
+
+
 def functional_masking():
     k = _k()
     L = k.layers
@@ -287,6 +327,7 @@ CASES = {
         bidirectional_backward_layer, rnn_gru_cell, masking_post_padding, masking_bidirectional_last, masking_bidirectional_sequences,
         embedding_mask_zero, embedding_no_mask, noop_and_activations,
         functional_return_state, functional_masking, functional_plain, nested_models, sequential_nested,
+        sequential_return_state, bidirectional_none_sequences, bidirectional_none_states, functional_state_outputs,
     ]
 }
 
@@ -345,8 +386,15 @@ def save_all(model, directory: str, stem: str) -> dict:
     return paths
 
 
-def predict(model, x) -> np.ndarray:
-    return np.asarray(model.predict(x, verbose=0))
+def predict(model, x):
+    """Keras' prediction: an array, or a list of arrays for a model with several outputs
+    (a dict of outputs in its order)."""
+    y = model.predict(x, verbose=0)
+    if isinstance(y, dict):
+        y = list(y.values())
+    if isinstance(y, (list, tuple)):
+        return [np.asarray(a) for a in y]
+    return np.asarray(y)
 
 
 def as_keras2_h5(src: str, dst: str) -> None:

@@ -63,10 +63,18 @@ def saved(kdir):
                 print(f"worst |{kind} - keras| over {len(sub)} round trips: {err:.3g} ({case})")
 
 
+def _max_err(got, ref, key) -> float:
+    """Worst |got - ref| over one output or a list of them (a multi-output model)."""
+    if isinstance(ref, list):
+        assert isinstance(got, list) and len(got) == len(ref), f"{key}: {len(ref)} Keras outputs, got {type(got).__name__}"
+        return max(_max_err(g, r, key) for g, r in zip(got, ref))
+    got = np.asarray(got)
+    assert got.shape == ref.shape, f"{key}: shape {got.shape} != Keras {ref.shape}"
+    return float(np.abs(got.astype(np.float64) - ref).max())
+
+
 def _err(model, x, y, key):
-    out = model(x)
-    assert out.shape == y.shape, f"{key}: shape {out.shape} != Keras {y.shape}"
-    err = float(np.abs(out.astype(np.float64) - y).max())
+    err = _max_err(model(x), y, key)
     WORST[key] = max(err, WORST.get(key, 0.0))
     return err
 
@@ -226,7 +234,9 @@ def test_custom_loss_in_compile_config_is_ignored(kdir):
 
 @pytest.mark.parametrize(
     "case", ["seq_basic", "reset_before_hard_sigmoid", "go_backwards", "bidirectional_mul",
-             "masking_post_padding", "embedding_mask_zero", "functional_return_state"]
+             "masking_post_padding", "embedding_mask_zero", "functional_return_state",
+             "sequential_return_state", "bidirectional_none_sequences", "bidirectional_none_states",
+             "functional_state_outputs"]
 )
 def test_round_trip_onnx_onnxruntime(saved, kdir, case):
     """Keras -> gru_engine.save (ONNX) -> onnxruntime, compared with Keras."""
@@ -242,9 +252,13 @@ def test_round_trip_onnx_onnxruntime(saved, kdir, case):
     gru_engine.save(model, out)
     sess = ort.InferenceSession(out, providers=["CPUExecutionProvider"])
     feed_x = x.astype(np.int64) if model.takes_tokens else x
-    got = sess.run(None, {sess.get_inputs()[0].name: feed_x})[0]
-    assert got.shape == y.shape
-    err = float(np.abs(got - y).max())
+    if model.outputs:  # the Keras outputs are graph outputs output_0, output_1, ...
+        names = [f"output_{i}" for i in range(len(model.outputs))]
+        assert names == [o.name for o in sess.get_outputs()][-len(names):]
+        got = sess.run(names, {sess.get_inputs()[0].name: feed_x})
+    else:
+        got = sess.run(None, {sess.get_inputs()[0].name: feed_x})[0]
+    err = _max_err(got, y, case)
     WORST[(case, "onnxruntime")] = err
     assert err <= TOL, f"{case}: onnxruntime vs Keras {err:.3g}"
     # and the engine reads its own file back
@@ -283,11 +297,15 @@ def test_custom_layer_rejected(kdir):
             from_keras(p)
 
 
-def test_bidirectional_merge_none_rejected(kdir):
+def test_bidirectional_merge_none_feeding_a_layer_rejected(kdir):
     inp = keras.Input((KM.T, KM.F))
     f, _b = L.Bidirectional(L.GRU(3), merge_mode=None, name="bi_none")(inp)
     p = _save(keras.Model(inp, L.Dense(2)(f)), kdir, "merge_none.keras")
-    with pytest.raises(UnsupportedError, match=r"'bi_none' \(Bidirectional\): merge_mode=None"):
+    with pytest.raises(UnsupportedError, match=r"'bi_none' \(Bidirectional\): merge_mode=None.*last layer"):
+        from_keras(p)
+    f, b = L.Bidirectional(L.GRU(3, return_sequences=True), merge_mode=None, name="bi_none2")(inp)
+    p = _save(keras.Model(inp, L.GRU(2)(b)), kdir, "merge_none_back.keras")
+    with pytest.raises(UnsupportedError, match=r"'bi_none2' \(Bidirectional\): its output #1"):
         from_keras(p)
 
 
@@ -297,6 +315,42 @@ def test_state_wired_elsewhere_rejected(kdir):
     p = _save(keras.Model(inp, L.Dense(2)(state)), kdir, "state_out.keras")
     with pytest.raises(UnsupportedError, match=r"'g_state' \(GRU\).*return_state"):
         from_keras(p)
+    # A state that is a model output and also feeds a layer
+    seq, state = L.GRU(3, return_sequences=True, return_state=True, name="g_state2")(inp)
+    p = _save(keras.Model(inp, [L.GRU(2)(seq), L.Dense(2)(state)]), kdir, "state_out2.keras")
+    with pytest.raises(UnsupportedError, match=r"branch|g_state2"):
+        from_keras(p)
+    # An intermediate layer's main output as a model output
+    seq = L.GRU(3, return_sequences=True, name="g_mid")(inp)
+    p = _save(keras.Model(inp, [L.GRU(2)(seq), seq]), kdir, "mid_out.keras")
+    with pytest.raises(UnsupportedError, match=r"'g_mid', which other layers follow"):
+        from_keras(p)
+    # return_state on a Sequential model's inner layer: Keras passes a list on
+    m = keras.Sequential([keras.Input((KM.T, KM.F)), L.GRU(3, return_sequences=True), L.GRU(2, name="g_last")])
+    cfg = json.loads(m.to_json())
+    cfg["config"]["layers"][1]["config"]["return_state"] = True
+    p = os.path.join(kdir, "seq_inner_state.weights.h5")
+    m.save_weights(p)
+    with pytest.raises(UnsupportedError, match=r"return_state=True in a Sequential model"):
+        from_keras(p, config=cfg)
+
+
+def test_multi_output_model_spec(saved):
+    """The outputs the converter records, and predict() vs run()."""
+    _m, paths, x, y = saved("bidirectional_none_states")
+    model = from_keras(paths["keras"])
+    assert [o.describe() for o in model.outputs] == ["y[..., 0:3]", "y[..., 3:6]", "state of GRU 0", "state of GRU 0 reverse"]
+    yy, h_n = model.run(x)
+    assert yy.shape == (x.shape[0], 6)  # run(): the two directions concatenated
+    got = model.predict(x)
+    np.testing.assert_array_equal(got[3], h_n[1])
+    assert "predict() output 3" in model.summary()
+    _m, paths, x, y = saved("functional_state_outputs")
+    model = from_keras(paths["keras"])
+    # named outputs in Keras' order: sorted by name, as model.predict returns them
+    assert [o.name for o in model.outputs] == ["h_back", "h_first", "h_fwd", "head"]
+    assert [(o.kind, o.gru, o.direction) for o in model.outputs] == [("state", 1, 1), ("state", 0, 0), ("state", 1, 0),
+                                                                     ("y", 0, 0)]
 
 
 def test_unsupported_activation_and_branches_rejected(kdir):
@@ -531,11 +585,11 @@ def _torch_out(model, x):
 
     module = to_torch(model).eval()
     with torch.no_grad():
-        out = module(torch.from_numpy(x.astype(np.int64) if model.takes_tokens else x))
-    return (out[0] if isinstance(out, tuple) else out).numpy()
+        out = module.predict(torch.from_numpy(x.astype(np.int64) if model.takes_tokens else x))
+    return [o.numpy() for o in out] if isinstance(out, list) else out.numpy()
 
 
-@pytest.mark.parametrize("case", ["seq_basic", "embedding_no_mask", "bidirectional_torch"])
+@pytest.mark.parametrize("case", ["seq_basic", "embedding_no_mask", "bidirectional_torch", "bidirectional_none_torch"])
 def test_round_trip_keras_to_torch(saved, kdir, case):
     """Keras -> engine -> converters.to_torch (nn.Module) with no TensorFlow, compared with Keras."""
     if case == "bidirectional_torch":  # PyTorch has no reset_after=False / hard_sigmoid GRU
@@ -546,9 +600,20 @@ def test_round_trip_keras_to_torch(saved, kdir, case):
         x = KM.inputs_for("float")
         y = KM.predict(m, x)
         path = _save(m, kdir, "bidirectional_torch.keras")
+    elif case == "bidirectional_none_torch":  # several outputs: module.predict returns them all
+        KM._seed(7)
+        inp = keras.Input((KM.T, KM.F))
+        s, h = L.GRU(4, return_sequences=True, return_state=True)(inp)
+        outs = L.Bidirectional(L.GRU(3, return_state=True), merge_mode=None)(s)
+        m = keras.Model(inp, [*outs, h])
+        KM._randomise(m, 7)
+        x = KM.inputs_for("float")
+        y = KM.predict(m, x)
+        assert len(y) == 5
+        path = _save(m, kdir, "bidirectional_none_torch.keras")
     else:
         _m, paths, x, y = saved(case)
         path = paths["keras"]
-    err = float(np.abs(_torch_out(from_keras(path), x) - y).max())
+    err = _max_err(_torch_out(from_keras(path), x), y, case)
     WORST[(case, "torch")] = err
     assert err <= TOL, f"{case}: to_torch vs Keras {err:.3g}"
