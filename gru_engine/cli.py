@@ -347,7 +347,12 @@ def cmd_validate(args) -> int:
             raise UnsupportedError(
                 f"validate --against {args.against} needs converters.validate_against, which this installation lacks"
             )
-        report = validate_against(args.model, args.against, x=None if x is None else np.asarray(x), atol=args.atol)
+        kw = {}
+        if args.config is not None:
+            if args.against != "keras":
+                raise UnsupportedError(f"--config applies to --against keras only, got --against {args.against}")
+            kw["config"] = args.config
+        report = validate_against(args.model, args.against, x=None if x is None else np.asarray(x), atol=args.atol, **kw)
         print(f"engine vs {args.against} ({'given' if x is not None else 'default random'} input):")
         ok = True
         for name, r in report.items():
@@ -535,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=2, help="batch of the random inputs (default 2)")
     p.add_argument("--steps", type=int, default=16, help="time steps of the random inputs (default 16)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    p.add_argument("--config", default=None, help="--against keras, weights-only MODEL: its architecture (JSON or .keras)")
     _add_format(p)
     p.set_defaults(func=cmd_validate)
 

@@ -42,6 +42,11 @@ def add_parser(subparsers) -> None:
         "--activations", default=None,
         help="torch checkpoints: comma-separated activation per Linear layer, 'none' for linear (e.g. relu,none)",
     )
+    p.add_argument(
+        "--config", default=None,
+        help="Keras weights-only files (.weights.h5): the architecture, a JSON file (model.to_json()) or the .keras / "
+             ".h5 file it came from",
+    )
     p.add_argument("--no-validate", action="store_true", help="write DST without running the checks")
     p.add_argument("--batch", type=int, default=None, help="batch size of the check input (default 2, or the ONNX graph's)")
     p.add_argument("--steps", type=int, default=None, help="time steps of the check input (default 7, or the ONNX graph's)")
@@ -113,6 +118,10 @@ def cmd_convert(args) -> int:
     kwargs = _torch_kwargs(args) if fmt == "torch" else {}
     if fmt != "torch" and (args.prefix or args.last_step or args.activations):
         raise ModelDefinitionError(f"--prefix, --last-step and --activations apply to torch checkpoints only, the source is {fmt}")
+    if args.config is not None:
+        if fmt != "keras":
+            raise ModelDefinitionError(f"--config applies to Keras files only, the source is {fmt}")
+        kwargs["config"] = args.config
     if os.path.abspath(src) == os.path.abspath(dst):
         raise ModelDefinitionError(f"DST must differ from SRC, got {dst!r} for both")
     model = converters.load_any(src, fmt, **kwargs)

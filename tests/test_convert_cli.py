@@ -206,3 +206,38 @@ def test_torch_exported_onnx_with_fixed_dims_to_pt(tmp_path, capsys, rng):
         ty, th = module(torch.from_numpy(x))
     assert np.abs(ty.numpy() - ry.transpose(0, 1).numpy()).max() < 1e-5
     assert np.abs(th.numpy() - rh.numpy()).max() < 1e-5
+
+
+def test_keras_weights_with_config_and_several_outputs(tmp_path, capsys, rng):
+    """A bare .weights.h5 plus --config; a model with several outputs (return_state,
+    merge_mode=None) is checked output by output against Keras and onnxruntime."""
+    keras = pytest.importorskip("keras")
+    L = keras.layers
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((None, 3))
+    s, h = L.GRU(5, return_sequences=True, return_state=True, name="enc")(inp)
+    fwd, bwd = L.Bidirectional(L.GRU(4), merge_mode=None, name="bi")(s)
+    km = keras.Model(inp, [fwd, bwd, h])
+    weights, cfg = tmp_path / "m.weights.h5", tmp_path / "m.json"
+    km.save_weights(weights)
+    cfg.write_text(km.to_json())
+    dst = tmp_path / "m.onnx"
+    rc = main(["convert", str(weights), "-o", str(dst), "--config", str(cfg)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    for label in ("source (keras on m.weights.h5) bi:0", "source (keras on m.weights.h5) enc:1",
+                  "destination (onnxruntime on m.onnx) output_2"):
+        assert label in out, out
+    assert worst(out) < 1e-5
+    x = rng.uniform(-1, 1, (2, 6, 3)).astype(np.float32)
+    ref = [keras.ops.convert_to_numpy(a) for a in km(x)]
+    sess = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
+    got = sess.run(["output_0", "output_1", "output_2"], {"x": x})
+    assert max(np.abs(g - r).max() for g, r in zip(got, ref)) < 1e-5
+    assert main(["validate", str(weights), "--against", "keras", "--config", str(cfg)]) == 0
+    assert "bi:1" in capsys.readouterr().out
+    # without --config the weights-only file is refused by name; --config is for Keras sources only
+    assert main(["convert", str(weights), "-o", str(tmp_path / "n.onnx")]) == 2
+    assert "holds weights only" in capsys.readouterr().err
+    assert main(["convert", str(dst), "-o", str(tmp_path / "n.pt"), "--config", str(cfg)]) == 2
+    assert "--config applies to Keras files only" in capsys.readouterr().err
