@@ -601,11 +601,11 @@ class Model:
 
         return api.run(self, x, lengths=lengths, initial_state=initial_state)
 
-    def predict(self, x, lengths=None, initial_state=None, device=None):
+    def predict(self, x, lengths=None, initial_state=None):
         """The source model's outputs, as its framework returns them: one array for a model
         with one output, a list (one array per :attr:`outputs` entry, in the source's order,
         like Keras ``model.predict``) for a model with several."""
-        y, h_n = self.run(x, lengths=lengths, initial_state=initial_state, device=device)
+        y, h_n = self.run(x, lengths=lengths, initial_state=initial_state)
         if not self.outputs:
             return y
         out = self.select_outputs(y, h_n)
