@@ -310,3 +310,23 @@ def test_fuzzed_graphs_never_crash(source):
             outcomes["error"] += 1
     assert outcomes["error"] > 0
     assert time.perf_counter() - t0 < 60
+
+
+def test_engine_metadata_with_bad_outputs(tmp_path):
+    """An engine file whose output metadata was tampered with: ModelFileError, not a crash."""
+    from gru_engine import Output
+
+    rng = np.random.default_rng(0)
+    W, R = rng.standard_normal((1, 6, 3)).astype(np.float32), rng.standard_normal((1, 6, 2)).astype(np.float32)
+    proto = gru_engine.save(Model((GRU(W=W, R=R),), outputs=(Output("y"), Output("state"))), tmp_path / "ok.onnx")
+    for outs in ([{"kind": "state", "gru": 5}], [{"kind": "y", "colour": 1}], "nope"):
+        p = onnx.ModelProto()
+        p.CopyFrom(proto)
+        for prop in p.metadata_props:
+            if prop.key == "gru_engine.model":
+                meta = json.loads(prop.value)
+                meta["outputs"] = outs
+                prop.value = json.dumps(meta)
+        with pytest.raises(ModelFileError):
+            gru_engine.load(p)
+    assert gru_engine.load(proto).outputs == (Output("y"), Output("state"))

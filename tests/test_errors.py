@@ -275,3 +275,30 @@ def test_model_construction():
         Model((Masking(), gru))
     with pytest.raises(ModelDefinitionError, match="dtype must be float32 or float64, got float16"):
         Model((gru,)).astype(np.float16)
+
+
+def test_output_specs_checked(model):
+    """Model(outputs=...) names the bad entry; good specs select from run's (y, h_n)."""
+    from gru_engine import Output
+
+    bad = [
+        (Output("y", 2, 9, name="wide"), r"output 0 'wide': features \[2, 9\) must lie within the model output's 4"),
+        (Output("state", gru=2), r"output 0: GRU index 2 must be in \[0, 2\)"),
+        (Output("state", gru=1, direction=1), r"output 0: direction 1 must be < 1 \(GRU layer 1\)"),
+        (Output("h"), r"kind must be 'y' or 'state', got 'h'"),
+    ]
+    for spec, msg in bad:
+        with pytest.raises(ModelDefinitionError, match=msg):
+            Model(model.layers, outputs=(spec,))
+    with pytest.raises(ModelDefinitionError, match="must be a gru_engine.model.Output"):
+        Model(model.layers, outputs=("y",))
+    m = Model(model.layers, outputs=(Output("y", 1, 3), Output("state", gru=0, direction=1), Output("state", gru=1)))
+    x = np.random.default_rng(2).standard_normal((2, 5, 3)).astype(np.float32)
+    y, h_n = m.run(x)
+    a, b, c = m.predict(x)
+    np.testing.assert_array_equal(a, y[..., 1:3])
+    np.testing.assert_array_equal(b, h_n[1])
+    np.testing.assert_array_equal(c, h_n[2])
+    assert m.astype(np.float64).outputs == m.outputs
+    single = Model(model.layers, outputs=(Output("state", gru=1),))
+    np.testing.assert_array_equal(single(x), h_n[2])  # one output: an array, not a list
