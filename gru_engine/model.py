@@ -618,21 +618,6 @@ class Model:
         structure from :func:`converters.to_torch`'s module: only indexing is used)."""
         return select_outputs(self.outputs, [g.num_directions for g in self.gru_layers], y, h_n)
 
-
-def select_outputs(outputs, directions, y, h_n) -> list:
-    """``outputs`` (:class:`Output` specs) from ``(y, h_n)``; ``directions``: D of each GRU
-    layer, to find a layer's rows in an ``h_n`` array ``(sum(D), B, H)`` (a list is per layer)."""
-    offsets = np.cumsum([0, *directions])
-    out = []
-    for o in outputs:
-        if o.kind == "y":
-            out.append(y[..., o.start:o.stop])
-        elif isinstance(h_n, (list, tuple)):
-            out.append(h_n[o.gru][o.direction])
-        else:
-            out.append(h_n[int(offsets[o.gru]) + o.direction])
-    return out
-
     def stream(self, batch_size: int = 1, device=None, **kwargs):
         """A stateful :class:`gru_engine.stream.Stream` over this model.
 
@@ -671,3 +656,18 @@ def _input_size_of(layer: Layer) -> int | None:
         return layer.in_features
     f = getattr(layer, "input_features", None)
     return f() if callable(f) else None
+
+
+def select_outputs(outputs, directions, y, h_n) -> list:
+    """``outputs`` (:class:`Output` specs) from ``(y, h_n)``; ``directions``: D of each GRU
+    layer, to find a layer's rows in an ``h_n`` array ``(sum(D), B, H)`` (a list is per layer)."""
+    offsets = np.cumsum([0, *directions])
+    out = []
+    for o in outputs:
+        if o.kind == "y":
+            out.append(y[..., o.start:o.stop])
+        elif isinstance(h_n, (list, tuple)):
+            out.append(h_n[o.gru][o.direction])
+        else:
+            out.append(h_n[int(offsets[o.gru]) + o.direction])
+    return out
