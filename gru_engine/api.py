@@ -15,6 +15,7 @@ import numba
 import numpy as np
 
 from . import kernels_cpu as K
+from . import threads
 from . import validate as V
 from .model import DENSE_ACTIVATIONS, Activation, Dense, Embedding, GRU, Masking, Model
 
@@ -350,9 +351,6 @@ def scratch(name: str, shape: tuple, dtype) -> np.ndarray:
 
 @register(GRU)
 def _run_gru(layer: GRU, i: int, x: np.ndarray, ctx: RunContext):
-    from . import threads
-
-    threads.ensure_init()
     p = prepared(ctx.model, i)
     dtype = ctx.model.dtype
     x = np.ascontiguousarray(x, dtype=dtype)
@@ -365,7 +363,7 @@ def _run_gru(layer: GRU, i: int, x: np.ndarray, ctx: RunContext):
     mask = ctx.mask if use_mask else _NO_MASK
     zero_invalid = ctx.from_lengths or layer.masked_output == "zero"
     approx = dtype == np.float32
-    nthreads = threads.get_num_threads()
+    nthreads = threads.get_num_threads()  # (applies GRU_ENGINE_NUM_THREADS on the first run)
     path = choose_gru_path(B, H, D, nthreads)
     if TILES_AUTO and path == "rows" and D * B == 1 and nthreads > 1 and H >= TILE_MIN_H and GRU_PATH == "auto":
         path = "tiles"

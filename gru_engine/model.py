@@ -563,7 +563,10 @@ class Model:
     @property
     def state_shapes(self) -> list[tuple[int, int]]:
         """``(num_directions, hidden_size)`` of each GRU layer, in order."""
-        return [(g.num_directions, g.hidden_size) for g in self.gru_layers]
+        shapes = self.__dict__.get("_state_shapes")
+        if shapes is None:  # read on every run: computed once (the model is immutable)
+            shapes = self.__dict__["_state_shapes"] = tuple((g.num_directions, g.hidden_size) for g in self.gru_layers)
+        return list(shapes)
 
     def param_count(self) -> int:
         return sum(layer.param_count() for layer in self.layers)
