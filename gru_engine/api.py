@@ -211,6 +211,19 @@ def run(model: Model, x, lengths=None, initial_state=None):
         ctx.states = V.as_state(initial_state, shapes, B, dtype)
     else:
         ctx.states = [None] * len(shapes)
+    return _run_layers(model, h, ctx)
+
+
+def run_with_states(model: Model, x: np.ndarray, states: list):
+    """:func:`run` for callers that checked ``x`` themselves (:meth:`Stream.run`): ``x`` is
+    ``(B, T, F)`` in the model's dtype (or checked token ids), ``states`` one ``(D, B, H)``
+    array per GRU layer in the model's dtype, which the run may overwrite. No lengths."""
+    ctx = RunContext(model)
+    ctx.states = states
+    return _run_layers(model, x, ctx)
+
+
+def _run_layers(model: Model, h, ctx: RunContext):
     for i, layer in enumerate(model.layers):
         fn = RUNNERS.get(type(layer))
         if fn is None:

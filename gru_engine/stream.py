@@ -437,8 +437,9 @@ class Stream:
             V.check_ndim("x_chunk", x, f"({self.batch_size}, T) token ids", 2)
         else:
             x = V.as_float("x_chunk", x_chunk, prog.dtype)
-            V.check_ndim("x_chunk", x, f"({self.batch_size}, T, {prog.in_size})", 3)
-            V.check_last("x_chunk", x, f"({self.batch_size}, T, {prog.in_size})", prog.in_size)
+            doc = f"({self.batch_size}, T, {prog.in_size})"
+            V.check_ndim("x_chunk", x, doc, 3)
+            V.check_last("x_chunk", x, doc, prog.in_size)
         if x.shape[0] != self.batch_size:
             raise InputShapeError(f"x_chunk must have {self.batch_size} rows (the batch size), got shape {x.shape}")
         B, T = x.shape[0], x.shape[1]
@@ -451,8 +452,8 @@ class Stream:
             return y
         from . import api
 
-        init = [self._S[None, :, off : off + H].copy() for off, H in prog.states] or None
-        y, h_n = api.run(seq, x, initial_state=init)
+        # the states as run's initial_state (fresh arrays: the run may overwrite them); x is checked
+        y, h_n = api.run_with_states(seq, x, [self._S[None, :, off : off + H].copy() for off, H in prog.states])
         if prog.states:
             hs = h_n if isinstance(h_n, list) else [h_n[i : i + 1] for i in range(len(prog.states))]
             for (off, H), h in zip(prog.states, hs):
