@@ -617,3 +617,26 @@ def test_round_trip_keras_to_torch(saved, kdir, case):
     err = _max_err(_torch_out(from_keras(path), x), y, case)
     WORST[(case, "torch")] = err
     assert err <= TOL, f"{case}: to_torch vs Keras {err:.3g}"
+
+
+def test_state_only_and_repeated_outputs(kdir):
+    """A model whose only output is a GRU state, and one listing a state twice around a
+    Dropout-ended chain: predict() returns what Keras returns, and so does onnxruntime."""
+    ort = pytest.importorskip("onnxruntime")
+    import gru_engine
+
+    KM._seed(8)
+    inp = keras.Input((KM.T, KM.F))
+    _seq, h = L.GRU(4, return_state=True)(inp)
+    s, h2 = L.GRU(3, return_sequences=True, return_state=True)(inp)
+    x = KM.inputs_for("float")
+    for name, km in (("state_only", keras.Model(inp, h)), ("repeated", keras.Model(inp, [h2, L.Dropout(0.3)(s), h2]))):
+        KM._randomise(km, 8)
+        y = KM.predict(km, x)
+        model = from_keras(_save(km, kdir, f"{name}.keras"))
+        assert _err(model, x, y, (name, "keras")) <= TOL
+        out = os.path.join(kdir, f"{name}.onnx")
+        gru_engine.save(model, out)
+        sess = ort.InferenceSession(out, providers=["CPUExecutionProvider"])
+        got = sess.run([f"output_{i}" for i in range(len(model.outputs))], {"x": x})
+        assert _max_err(got if isinstance(y, list) else got[0], y, name) <= TOL
