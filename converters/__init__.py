@@ -286,9 +286,10 @@ def _expected_outputs(sig, y, h_n, model) -> list:
     layout when its labels match the array's."""
     states = iter(h_n) if isinstance(h_n, list) else None
     out = []
+    selected = model.select_outputs(y, h_n) if model.outputs else []  # views, taken once
     for _, kind, layout in sig.outputs:
         if isinstance(kind, tuple):  # ("output", i): one of model.outputs
-            out.append(np.ascontiguousarray(model.select_outputs(y, h_n)[kind[1]]))
+            out.append(np.ascontiguousarray(selected[kind[1]]))
             continue
         if kind == "h_n":
             a, src = (next(states) if states is not None else h_n), "dbh"

@@ -497,9 +497,10 @@ class Signature:
     def from_model_outputs(self, y, h_n, model: Model) -> list:
         """``Model.run``'s ``(y, h_n)`` in the graph's own output layouts, in graph order."""
         out = []
+        selected = model.select_outputs(y, h_n) if model.outputs else []  # views, taken once
         for name, kind, layout in self.outputs:
             if isinstance(kind, tuple):  # ("output", i): one of Model.outputs
-                out.append(np.ascontiguousarray(model.select_outputs(y, h_n)[kind[1]]))
+                out.append(np.ascontiguousarray(selected[kind[1]]))
                 continue
             if kind == "h_n":
                 a, src = h_n, "dbh"
