@@ -15,6 +15,7 @@ import numba
 import numpy as np
 
 from . import kernels_cpu as K
+from . import kernels_gemm as KG
 from . import threads
 from . import validate as V
 from .model import DENSE_ACTIVATIONS, Activation, Dense, Embedding, GRU, Masking, Model
@@ -89,6 +90,23 @@ class PreparedGRU:
         if a is None:
             a = self._packed["none"] = np.zeros((self.R.shape[0], 1, 1), self.R.dtype)
         return a
+
+    def packed_weights(self):
+        """(RP,) for lbr = 1 or (RPzr, RPh) for lbr = 0, each (D, P*H, NR): ``R[d]'`` in the
+        column panels of :func:`kernels_gemm.pack_panels` (the packed product's layout)."""
+        w = self._packed.get("panels")
+        if w is None:
+            w = tuple(np.stack([KG.pack_panels(m[d]) for d in range(m.shape[0])]) for m in self.gemm_weights())
+            self._packed["panels"] = w
+        return w
+
+    @property
+    def g_width(self) -> int:
+        """Columns of a row's gate products G for the packed product (padded past 3H)."""
+        H = self.R.shape[2]
+        if self.lbr:
+            return KG.padded_width(3 * H)
+        return max(KG.padded_width(2 * H), 2 * H + KG.padded_width(H))
 
     def gemm_weights(self):
         """(RT,) for lbr = 1 or (RTzr, RTh) for lbr = 0: ``R[d]'`` split as the GEMM path needs."""
@@ -291,12 +309,19 @@ def merge_directions(merge: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 #: Which GRU kernel path runs: "auto", "rows" (whole sequence in one numba kernel, one
-#: work item per direction and block of batch rows), "gemm" (a BLAS GEMM per step for all
+#: work item per direction and block of batch rows), "packed" (the same kernel with the
+#: per-step products on packed weights in register tiles, one item per thread), "gemm" (a BLAS GEMM per step for all
 #: rows, then a fused numba gate kernel) or "tiles" (batch 1: hidden units split across
 #: threads at every step). Tests and benchmarks set it to force a path.
 GRU_PATH = "auto"
 
-#: The GEMM path wins once a step's recurrent product is big enough for BLAS to pay off
+#: float32 runs of at least this many batch rows use the packed register-tile product
+#: (:mod:`kernels_gemm`) inside the row kernel. Measured on one thread (Xeon, AVX-512,
+#: T=256, I=H) against the other paths: 1.2-1.6x faster at B=2..64 for H=64..512; at B=1
+#: the row kernel's GEMV is 0.7-1.4x of it, so batch 1 keeps the row kernel.
+PACKED_MIN_ROWS = 2
+
+#: (float64) The GEMM path wins once a step's recurrent product is big enough for BLAS to pay off
 #: (measured on a 2-core Zen 3, one thread, quiet machine: the row kernel is 3-10% faster
 #: at B=16/H<=256 and B=64/H=64; the GEMM path 4-10% at B=16/H=512, B=64/H>=128).
 GEMM_MIN_ROWS = 8
@@ -334,9 +359,11 @@ PARALLEL_SPLIT_MACS = 1 << 24
 SPLIT_SINGLE_ITEM = False
 
 
-def choose_gru_path(B: int, H: int, D: int, threads: int) -> str:
+def choose_gru_path(B: int, H: int, D: int, threads: int, dtype=np.float32) -> str:
     if GRU_PATH != "auto":
         return GRU_PATH
+    if np.dtype(dtype) == np.float32 and B >= PACKED_MIN_ROWS:
+        return "packed"
     macs = B * H * 3 * H
     if B >= GEMM_MIN_ROWS and (macs >= GEMM_MIN_MACS or (B >= GEMM_WIDE_ROWS and macs >= GEMM_WIDE_MACS)):
         return "gemm"
@@ -377,7 +404,7 @@ def _run_gru(layer: GRU, i: int, x: np.ndarray, ctx: RunContext):
     zero_invalid = ctx.from_lengths or layer.masked_output == "zero"
     approx = dtype == np.float32
     nthreads = threads.get_num_threads()  # (applies GRU_ENGINE_NUM_THREADS on the first run)
-    path = choose_gru_path(B, H, D, nthreads)
+    path = choose_gru_path(B, H, D, nthreads, dtype)
     if TILES_AUTO and path == "rows" and D * B == 1 and nthreads > 1 and H >= TILE_MIN_H and GRU_PATH == "auto":
         path = "tiles"
     if path == "tiles" and B != 1:
@@ -395,10 +422,14 @@ def _run_gru(layer: GRU, i: int, x: np.ndarray, ctx: RunContext):
                 p.acts[d], p.clip, approx, zero_invalid, ctx.from_lengths and use_mask, bool(p.trev[d]),
                 Y, d * H, Gt, hn, rhs,
             )
-    elif path == "rows":
+    elif path in ("rows", "packed"):
+        packed = path == "packed"
         # small runs stay on the calling thread: waking the pool costs more than it saves
         nt = nthreads if D * B * T * 3 * H * (I + H) >= PARALLEL_MIN_MACS else 1
-        rb = max(1, min(ROW_BLOCK, B * D // nt))
+        if packed:  # one item per thread and direction: each reads R once per step for its rows
+            rb = -(-B // max(1, nt // D))
+        else:
+            rb = max(1, min(ROW_BLOCK, B * D // nt))
         nblk = -(-B // rb)
         XP = scratch("XP", (B, T, D * 3 * H), dtype)
         if D * nblk == 1 and nthreads > 1 and SPLIT_SINGLE_ITEM is False:
@@ -411,13 +442,13 @@ def _run_gru(layer: GRU, i: int, x: np.ndarray, ctx: RunContext):
             project = nthreads > 1
         if not project:  # one GEMM on NumPy's BLAS for all rows, steps and directions
             np.matmul(x.reshape(B * T, I), p.WT, out=XP.reshape(B * T, D * 3 * H))
-        G = scratch("G", (D * nblk, rb, 3 * H), dtype)
+        G = scratch("G", (D * nblk, rb, p.g_width if packed else 3 * H), dtype)
         RH = scratch("RH", (D * nblk, rb, H), dtype)
         # one recurrence item (batch 1, one direction): the projection alone could be split
         # over time chunks (SPLIT_SINGLE_ITEM), when large enough to repay a parallel launch
         split = D * B < nt and T >= 32 * nt and T * I * 3 * H * D * B >= PARALLEL_SPLIT_MACS
         nchunks = -(-nt // (D * B)) if split else 1
-        w = p.gemm_weights()
+        w = p.packed_weights() if packed else p.gemm_weights()
         if nt != nthreads:
             numba.set_num_threads(nt)
         # items are handed out one at a time (dynamic), not in fixed halves: on a shared
@@ -428,6 +459,7 @@ def _run_gru(layer: GRU, i: int, x: np.ndarray, ctx: RunContext):
                 x, p.WTd, p.bx, w[0], w[1] if len(w) > 1 else p.no_weights, p.Rb_h,
                 hs, mask, use_mask, p.rev, p.lbr, p.acts, p.clip,
                 approx, zero_invalid, ctx.from_lengths and use_mask, p.trev, Y, XP, G, RH, nchunks, rb, project,
+                packed,
             )
         finally:
             if chunk is not None:

@@ -16,6 +16,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import config
+from .kernels_gemm import matmul_packed
 
 _FM = config.FASTMATH
 _EM = config.ERROR_MODEL
@@ -303,10 +304,10 @@ def matmul_rows(V, nb, RT, G, go):
 @njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)
 def _rows_item(
     w, nblk, rb, bx, RTa, RTb, Rb_h, h, mask, use_mask, rev, lbr, acts, clip, approx,
-    zero_invalid, empty_zero, trev, Y, XP, G, RH,
+    zero_invalid, empty_zero, trev, Y, XP, G, RH, packed,
 ):
     """All steps of one work item of :func:`gru_rows` (direction, block of rb rows)."""
-    H = RTa.shape[1]
+    H = Rb_h.shape[1]
     Bn = h.shape[1]
     T = XP.shape[1]
     d = w // nblk
@@ -346,11 +347,17 @@ def _rows_item(
                         Y[b0 + i, to, yo + j] = hd[i, j]
             if nvalid == 0:
                 continue
-        matmul_rows(hd, nb, RTad, g, 0)
+        if packed:
+            matmul_packed(hd, nb, RTad, H, g, 0)
+        else:
+            matmul_rows(hd, nb, RTad, g, 0)
         if not lbr:
             for i in range(nb):
                 _zr_gates(XP[b0 + i, t], xo, bxd, g[i], hd[i], rh[i], H, approx, generic, fc, fa, fb, clip)
-            matmul_rows(rh, nb, RTbd, g, 2 * H)
+            if packed:
+                matmul_packed(rh, nb, RTbd, H, g, 2 * H)
+            else:
+                matmul_rows(rh, nb, RTbd, g, 2 * H)
         for i in range(nb):
             if use_mask and mask[b0 + i, t] == 0:
                 continue
@@ -375,7 +382,7 @@ def _rows_item(
 @njit(cache=True, fastmath=_FM, error_model=_EM, parallel=True, nogil=True)
 def gru_rows(
     x, WTd, bx, RTa, RTb, Rb_h, h, mask, use_mask, rev, lbr, acts, clip, approx,
-    zero_invalid, empty_zero, trev, Y, XP, G, RH, nchunks, rb, project,
+    zero_invalid, empty_zero, trev, Y, XP, G, RH, nchunks, rb, project, packed,
 ):
     """Whole sequences, one work item per (direction, block of ``rb`` batch rows), items
     spread over threads; each item runs all its steps with no synchronisation.
@@ -401,7 +408,7 @@ def gru_rows(
     batch-1 runs project on all threads).
     """
     D = RTa.shape[0]
-    H = RTa.shape[1]
+    H = Rb_h.shape[1]
     Bn = x.shape[0]
     T = x.shape[1]
     # input projections of all steps: the hand product with the steps as its rows, one
@@ -427,11 +434,11 @@ def gru_rows(
     nitems = D * nblk
     if nitems == 1:  # no parallel region: its barrier would only wait for idle threads
         _rows_item(0, nblk, rb, bx, RTa, RTb, Rb_h, h, mask, use_mask, rev, lbr, acts, clip, approx,
-                   zero_invalid, empty_zero, trev, Y, XP, G, RH)
+                   zero_invalid, empty_zero, trev, Y, XP, G, RH, packed)
     else:
         for w in prange(nitems):
             _rows_item(w, nblk, rb, bx, RTa, RTb, Rb_h, h, mask, use_mask, rev, lbr, acts, clip, approx,
-                       zero_invalid, empty_zero, trev, Y, XP, G, RH)
+                       zero_invalid, empty_zero, trev, Y, XP, G, RH, packed)
 
 
 @njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)

@@ -19,7 +19,7 @@ from gru_engine import kernels_cpu as K
 from gru_engine.errors import InputShapeError, InputTypeError
 from gru_engine.model import GRU, Masking, Model
 
-PATHS = ["rows", "gemm"]
+PATHS = ["rows", "gemm", "packed"]
 
 
 @pytest.fixture
@@ -115,6 +115,26 @@ def test_matmul_rows_blocks(nb, K_, rng):
     K.matmul_rows(V, nb, RT, G, 3)
     np.testing.assert_allclose(G[:, 3:27], V.astype(np.float64) @ RT, rtol=1e-5, atol=1e-5)
     assert np.isnan(G[:, :3]).all() and np.isnan(G[:, 27:]).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nb", [1, 2, 3, 5, 8, 9, 12, 15, 16, 19])
+@pytest.mark.parametrize("K_,N", [(1, 5), (13, 24), (16, 33), (40, 96)])
+def test_matmul_packed_tiles(dtype, nb, K_, N, rng):
+    """The register-tile product (IR tiles for float32, loops for float64): every row-block
+    remainder, panels padded past N with zeros, nothing written outside the padded width."""
+    from gru_engine import kernels_gemm as KG
+
+    V = rng.standard_normal((nb, K_)).astype(dtype)
+    RT = rng.standard_normal((K_, N)).astype(dtype)
+    RP = KG.pack_panels(RT)
+    Np = KG.padded_width(N)
+    assert RP.shape == (Np // KG.NR * K_, KG.NR) and Np >= N and Np % KG.NR == 0
+    G = np.full((nb + 1, 3 + Np + 2), np.nan, dtype)
+    KG.matmul_packed(V, nb, RP, K_, G, 3)
+    np.testing.assert_allclose(G[:nb, 3:3 + N], V.astype(np.float64) @ RT, rtol=1e-5, atol=1e-5)
+    assert (G[:nb, 3 + N:3 + Np] == 0).all()  # zero-padded columns
+    assert np.isnan(G[:, :3]).all() and np.isnan(G[:, 3 + Np:]).all() and np.isnan(G[nb]).all()
 
 
 # --------------------------------------------------------------------------- paths vs oracle
@@ -262,9 +282,11 @@ def test_auto_path_choice_and_threads_agree(rng):
     """The automatic choice (both paths reached), 1 and 2 threads: same results."""
     from gru_engine import threads
 
+    for B, H, path in [(1, 512, "rows"), (1, 32, "rows"), (2, 16, "packed"), (16, 512, "packed"), (64, 64, "packed")]:
+        assert api.choose_gru_path(B, H, 1, 2, np.float32) == path, (B, H)
     for B, H, path in [(1, 512, "rows"), (16, 64, "rows"), (16, 128, "rows"), (16, 512, "gemm"),
                        (16, 256, "rows"), (64, 64, "rows"), (64, 128, "gemm"), (64, 512, "gemm")]:
-        assert api.choose_gru_path(B, H, 1, 2) == path, (B, H)
+        assert api.choose_gru_path(B, H, 1, 2, np.float64) == path, (B, H)
     m, _ = _model(rng, 6, 16, "bidirectional", 0)
     x = rng.standard_normal((5, 40, 6)).astype(np.float32)
     old = threads.get_num_threads()
