@@ -101,6 +101,15 @@ class PreparedGRU:
         return w
 
     @property
+    def WTd_packed(self) -> np.ndarray:
+        """(D, P*I, NR): the input weights per direction in panels (the packed projection)."""
+        a = self._packed.get("WTd_panels")
+        if a is None:
+            WTd = self.WTd
+            a = self._packed["WTd_panels"] = np.stack([KG.pack_panels(WTd[d]) for d in range(WTd.shape[0])])
+        return a
+
+    @property
     def g_width(self) -> int:
         """Columns of a row's gate products G for the packed product (padded past 3H)."""
         H = self.R.shape[2]
@@ -431,7 +440,6 @@ def _run_gru(layer: GRU, i: int, x: np.ndarray, ctx: RunContext):
         else:
             rb = max(1, min(ROW_BLOCK, B * D // nt))
         nblk = -(-B // rb)
-        XP = scratch("XP", (B, T, D * 3 * H), dtype)
         if D * nblk == 1 and nthreads > 1 and SPLIT_SINGLE_ITEM is False:
             nt = 1  # one recurrence item: the whole run on the calling thread (see below)
         project = PROJECT_IN_KERNEL
@@ -440,6 +448,9 @@ def _run_gru(layer: GRU, i: int, x: np.ndarray, ctx: RunContext):
             # (spinning OpenBLAS workers slowed a following numba loop up to 2x, and a
             # 2-thread OpenBLAS call on a small product took 8 ms instead of 0.1 ms)
             project = nthreads > 1
+        # the packed projection writes whole panels: each direction's columns padded
+        C = KG.padded_width(3 * H) if packed and project else 3 * H
+        XP = scratch("XP", (B, T, D * C), dtype)
         if not project:  # one GEMM on NumPy's BLAS for all rows, steps and directions
             np.matmul(x.reshape(B * T, I), p.WT, out=XP.reshape(B * T, D * 3 * H))
         G = scratch("G", (D * nblk, rb, p.g_width if packed else 3 * H), dtype)
@@ -456,7 +467,7 @@ def _run_gru(layer: GRU, i: int, x: np.ndarray, ctx: RunContext):
         chunk = numba.set_parallel_chunksize(1) if nt > 1 else None
         try:
             K.gru_rows(
-                x, p.WTd, p.bx, w[0], w[1] if len(w) > 1 else p.no_weights, p.Rb_h,
+                x, p.WTd_packed if packed and project else p.WTd, p.bx, w[0], w[1] if len(w) > 1 else p.no_weights, p.Rb_h,
                 hs, mask, use_mask, p.rev, p.lbr, p.acts, p.clip,
                 approx, zero_invalid, ctx.from_lengths and use_mask, p.trev, Y, XP, G, RH, nchunks, rb, project,
                 packed,

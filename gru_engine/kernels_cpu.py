@@ -329,7 +329,7 @@ def _rows_item(
     generic = not (fc == 0 and gc == 1 and clip <= 0.0)
     reverse = rev[d] != 0
     yo = d * H
-    xo = d * 3 * H
+    xo = d * (XP.shape[2] // RTa.shape[0])  # 3H, or padded for the packed projection
     nvalid = 0
     for s in range(T):
         t = T - 1 - s if reverse else s
@@ -402,10 +402,15 @@ def gru_rows(
     the float32 rational activations. zero_invalid: masked steps output 0 (else the
     previous output). empty_zero: a row without a valid step ends with h = 0. trev (D,)
     uint8: write step t's output at T-1-t. Y (B, T, D*H) output.
-    XP (B, T, D*3H): input projections x W' (no bias), computed here when ``project``
-    (else given). Scratch, one slice per work item (no sharing between threads): G (D*nblk, rb, 3H) recurrent products; RH (D*nblk, rb, H) r * h, where
-    nblk = ceil(B / rb). nchunks: time chunks per row for the input projection (> 1 lets
-    batch-1 runs project on all threads).
+    XP (B, T, D*C): input projections x W' (no bias), direction d at column d*C (C = 3H,
+    or the padded width when the packed product projects), computed here when ``project``
+    (else given). Scratch, one slice per work item (no sharing between threads): G
+    (D*nblk, rb, >=3H) recurrent products; RH (D*nblk, rb, H) r * h, where nblk = ceil(B /
+    rb). nchunks: time chunks per row for the input projection (> 1 lets batch-1 runs
+    project on all threads).
+    packed: the products are :func:`kernels_gemm.matmul_packed` on panel-packed weights
+    (float32 register tiles): WTd (D, P*I, NR), RTa (D, P*H, NR) for all 3H columns (lbr = 1)
+    or R_zr, and RTb (D, P*H, NR) for R_h (lbr = 0); G then needs the padded width.
     """
     D = RTa.shape[0]
     H = Rb_h.shape[1]
@@ -416,11 +421,16 @@ def gru_rows(
     # BLAS would cost startup time and a second thread pool to coordinate)
     nw = D * Bn
     tc = (T + nchunks - 1) // nchunks if nchunks > 0 else T
+    I = x.shape[2]
+    Cx = XP.shape[2] // D
     if not project:
         pass
     elif nw * nchunks == 1:
         if T > 0:
-            matmul_rows(x[0], T, WTd[0], XP[0], 0)
+            if packed:
+                matmul_packed(x[0], T, WTd[0], I, XP[0], 0)
+            else:
+                matmul_rows(x[0], T, WTd[0], XP[0], 0)
     else:
         for c in prange(nw * nchunks):
             w = c // nchunks
@@ -429,7 +439,10 @@ def gru_rows(
             if t1 > t0:
                 d = w // Bn
                 b = w - d * Bn
-                matmul_rows(x[b, t0:t1], t1 - t0, WTd[d], XP[b, t0:t1], d * 3 * H)
+                if packed:
+                    matmul_packed(x[b, t0:t1], t1 - t0, WTd[d], I, XP[b, t0:t1], d * Cx)
+                else:
+                    matmul_rows(x[b, t0:t1], t1 - t0, WTd[d], XP[b, t0:t1], d * 3 * H)
     nblk = (Bn + rb - 1) // rb
     nitems = D * nblk
     if nitems == 1:  # no parallel region: its barrier would only wait for idle threads

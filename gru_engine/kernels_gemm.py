@@ -166,27 +166,37 @@ _tile2 = _make(2)
 _tile1 = _make(1)
 
 
+#: Rows per block of a long product (the input projection of many steps): the block's V
+#: (MC*K floats) stays in L2 while every panel passes over it.
+MC = 128
+
+
 @njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)
 def matmul_packed(V, nb, RP, K, G, go):
     """G[i, go:go+P*NR] = V[i] @ RT for rows i < nb, RT packed by :func:`pack_panels` as RP
-    (P*K, NR). Panels outermost: each panel (K*NR floats) is read from memory once and
-    reused from cache by every block of 8 rows. G needs room for the padded width."""
+    (P*K, NR). G needs room for the padded width P*NR (the padding columns get zeros).
+
+    Blocks of MC rows, panels inside: each panel (K*NR floats) is read once per block and
+    reused from cache by every tile of 8 rows; the first tile prefetches the next panel.
+    """
     P = RP.shape[0] // K if K > 0 else 0
-    for p in range(P):
-        r0 = p * K
-        jo = go + p * NR
-        i = 0
-        if nb >= 8:
-            _tile8p(V, 0, RP, r0, K, G, jo)
-            i = 8
-        while i + 8 <= nb:
-            _tile8(V, i, RP, r0, K, G, jo)
-            i += 8
-        if nb - i >= 4:
-            _tile4(V, i, RP, r0, K, G, jo)
-            i += 4
-        if nb - i >= 2:
-            _tile2(V, i, RP, r0, K, G, jo)
-            i += 2
-        if nb - i >= 1:
-            _tile1(V, i, RP, r0, K, G, jo)
+    for b0 in range(0, nb, MC):
+        b1 = min(b0 + MC, nb)
+        for p in range(P):
+            r0 = p * K
+            jo = go + p * NR
+            i = b0
+            if b1 - i >= 8:
+                _tile8p(V, i, RP, r0, K, G, jo)
+                i += 8
+            while b1 - i >= 8:
+                _tile8(V, i, RP, r0, K, G, jo)
+                i += 8
+            if b1 - i >= 4:
+                _tile4(V, i, RP, r0, K, G, jo)
+                i += 4
+            if b1 - i >= 2:
+                _tile2(V, i, RP, r0, K, G, jo)
+                i += 2
+            if b1 - i >= 1:
+                _tile1(V, i, RP, r0, K, G, jo)

@@ -250,14 +250,16 @@ def test_hidden_tiles_vs_oracle(path, dtype, direction, lbr, generic, rng):
 
 
 @slow_without_jit
+@pytest.mark.parametrize("kernel", ["rows", "packed"])
 @pytest.mark.parametrize("project", [True, False])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("B,direction,lbr", [(1, "forward", 1), (1, "reverse", 0), (6, "bidirectional", 1), (5, "forward", 0)])
-def test_row_kernel_projection_and_parallel_split(project, dtype, B, direction, lbr, rng, monkeypatch):
-    """Input projection in the kernel (split over time chunks at batch 1) or by NumPy, on 2 threads."""
+def test_row_kernel_projection_and_parallel_split(kernel, project, dtype, B, direction, lbr, rng, monkeypatch):
+    """Input projection in the kernel (split over time chunks at batch 1; panel-padded
+    columns per direction for the packed product) or by NumPy, on 2 threads."""
     from gru_engine import threads
 
-    monkeypatch.setattr(api, "GRU_PATH", "rows")
+    monkeypatch.setattr(api, "GRU_PATH", kernel)
     monkeypatch.setattr(api, "PROJECT_IN_KERNEL", project)
     monkeypatch.setattr(api, "PARALLEL_MIN_MACS", 0)
     monkeypatch.setattr(api, "PARALLEL_SPLIT_MACS", 0)
