@@ -1,8 +1,9 @@
 """pytest-benchmark microbenchmarks of the whole-sequence CPU kernels.
 
 Catches regressions in: the register-blocked hand product (``matmul_rows``: blocks of 4/2/1
-batch rows, k unrolled by 4), the fused float32 gate math (rational sigmoid/tanh, which must
-stay vectorised), the row kernel and the per-step GEMM path of ``api._run_gru`` at the sizes
+batch rows, k unrolled by 8), the packed register-tile product (``kernels_gemm.matmul_packed``,
+the per-step product of float32 batches), the fused float32 gate math (rational sigmoid/tanh, which must
+stay vectorised), the row kernel, the packed path and the per-step GEMM path of ``api._run_gru`` at the sizes
 where each is chosen, and the per-call overhead of ``api.run``. Baselines in the same group:
 onnxruntime's GRU and torch's nn.GRU on the same shapes, one thread. Not part of the default
 test run (bench/ is outside testpaths)::
@@ -53,6 +54,23 @@ def test_matmul_rows(benchmark, nb, H):
     benchmark(K.matmul_rows, V, nb, RT, G, 0)
 
 
+@pytest.mark.parametrize("nb", [1, 4, 16, 64])
+@pytest.mark.parametrize("H", [64, 128, 512])
+def test_matmul_packed(benchmark, nb, H):
+    from gru_engine import kernels_gemm as KG
+
+    rng = np.random.default_rng(0)
+    V = rng.standard_normal((nb, H)).astype(np.float32)
+    RT = rng.standard_normal((H, 3 * H)).astype(np.float32)
+    RP = KG.pack_panels(RT)
+    G = np.empty((nb, KG.padded_width(3 * H)), np.float32)
+    KG.matmul_packed(V, nb, RP, H, G, 0)
+    np.testing.assert_allclose(G[:, : 3 * H], V @ RT, rtol=1e-4, atol=1e-3)
+    benchmark.group = f"matmul_packed nb={nb} H={H}"
+    benchmark.extra_info["gflop"] = 2 * nb * H * 3 * H / 1e9
+    benchmark(KG.matmul_packed, V, nb, RP, H, G, 0)
+
+
 @pytest.mark.parametrize("code", [0, 1], ids=["sigmoid", "tanh"])
 def test_fast_activation(benchmark, code):
     from gru_engine import kernels_cpu as K
@@ -75,7 +93,7 @@ def _fns(B, H):
 
 
 @pytest.mark.parametrize("B,H", SEQ, ids=SEQ_IDS)
-@pytest.mark.parametrize("path", ["auto", "rows", "gemm"])
+@pytest.mark.parametrize("path", ["auto", "rows", "packed", "gemm"])
 def test_engine_sequence(benchmark, B, H, path):
     from gru_engine import api
 

@@ -42,7 +42,7 @@ def warmup(verbose: bool = True) -> float:
                     model = Model(layers=(gru, dense))
                     masked = Model(layers=(Masking(mask_value=0.0), gru), input_size=I)
                     x = rng.standard_normal((B, T, I)).astype(dtype)
-                    for path in ("rows", "gemm"):
+                    for path in ("rows", "packed", "gemm"):
                         api.GRU_PATH = path
                         model.run(x)
                         model.run(x, lengths=[T, 2])

@@ -58,9 +58,10 @@ def _is_f32_c(a, ndim):
     return isinstance(a, types.Array) and a.dtype == types.float32 and a.ndim == ndim and a.layout == "C"
 
 
-def _make_tile(mr, prefetch=False):
-    """An intrinsic ``tile(V, i0, RP, r0, K, G, go)``: G[i0:i0+mr, go:go+NR] = V[i0:i0+mr] @
-    RP[r0:r0+K] (a panel's K rows), accumulated in registers and stored once."""
+def _make_tile(mr, prefetch=False, npan=1):
+    """An intrinsic ``tile(V, i0, RP, r0, K, G, go)``: G[i0:i0+mr, go:go+npan*NR] =
+    V[i0:i0+mr] @ (npan adjacent panels from RP row r0, each K rows), accumulated in
+    registers (2*mr*npan vectors) and stored once."""
 
     @intrinsic
     def tile(typingctx, V, i0, RP, r0, K, G, go):
@@ -91,7 +92,8 @@ def _make_tile(mr, prefetch=False):
             gdata = builder.bitcast(ga.data, _I8P)
             rows = [builder.gep(vdata, [builder.mul(builder.add(i0v, ir.Constant(intp, m)), vs0)]) for m in range(mr)]
             zero = ir.Constant(_VEC, None)
-            acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)] for _ in range(mr)]
+            nv = 2 * npan  # vectors per row of the tile
+            acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(nv)] for _ in range(mr)]
             undef = ir.Constant(_VEC, ir.Undefined)
             splat = ir.Constant(ir.VectorType(_I32, 16), [0] * 16)
             pbase = builder.gep(rdata, [builder.mul(r0v, rs0)])
@@ -100,8 +102,11 @@ def _make_tile(mr, prefetch=False):
             fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC] * 3), "llvm.fma.v16f32")
             with cgutils.for_range(builder, Kv) as loop:
                 k = loop.index
-                pk = builder.bitcast(builder.gep(pbase, [builder.mul(k, rs0)]), _VEC.as_pointer())
-                w = [builder.load(pk, align=4), builder.load(builder.gep(pk, [ir.Constant(_I32, 1)]), align=4)]
+                w = []
+                for q in range(npan):  # row k of panel q
+                    kq = builder.add(k, builder.mul(Kv, ir.Constant(intp, q))) if q else k
+                    pk = builder.bitcast(builder.gep(pbase, [builder.mul(kq, rs0)]), _VEC.as_pointer())
+                    w += [builder.load(pk, align=4), builder.load(builder.gep(pk, [ir.Constant(_I32, 1)]), align=4)]
                 koff = builder.mul(k, four)
                 if prefetch:  # the same row of the next panel: hides memory latency
                     nxt = builder.gep(pbase, [builder.mul(builder.add(k, Kv), rs0)])
@@ -111,14 +116,14 @@ def _make_tile(mr, prefetch=False):
                 for m in range(mr):
                     a = builder.load(builder.bitcast(builder.gep(rows[m], [koff]), _F32.as_pointer()), align=4)
                     s = builder.shuffle_vector(builder.insert_element(undef, a, ir.Constant(_I32, 0)), undef, splat)
-                    for n in range(2):
+                    for n in range(nv):
                         builder.store(builder.call(fma, [s, w[n], builder.load(acc[m][n])]), acc[m][n])
             goff = builder.mul(gov, four)
             for m in range(mr):
                 row = builder.gep(gdata, [builder.add(builder.mul(builder.add(i0v, ir.Constant(intp, m)), gs0), goff)])
                 gp = builder.bitcast(row, _VEC.as_pointer())
-                builder.store(builder.load(acc[m][0]), gp, align=4)
-                builder.store(builder.load(acc[m][1]), builder.gep(gp, [ir.Constant(_I32, 1)]), align=4)
+                for n in range(nv):
+                    builder.store(builder.load(acc[m][n]), builder.gep(gp, [ir.Constant(_I32, n)]), align=4)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -126,16 +131,18 @@ def _make_tile(mr, prefetch=False):
     return tile
 
 
-def _make(mr, prefetch=False):
-    """``tile(V, i0, RP, r0, K, G, go)`` for mr rows: the IR tile for float32 arrays, a plain
-    loop for other dtypes (float64 models), a NumPy product when the JIT is disabled."""
+def _make(mr, prefetch=False, npan=1):
+    """``tile(V, i0, RP, r0, K, G, go)`` for mr rows and npan panels: the IR tile for
+    float32 arrays, a plain loop for other dtypes (float64 models), NumPy products when the
+    JIT is disabled."""
 
     def tile(V, i0, RP, r0, K, G, go):
-        G[i0:i0 + mr, go:go + NR] = V[i0:i0 + mr] @ RP[r0:r0 + K]
+        for q in range(npan):
+            G[i0:i0 + mr, go + q * NR:go + (q + 1) * NR] = V[i0:i0 + mr] @ RP[r0 + q * K:r0 + (q + 1) * K]
 
     if numba.config.DISABLE_JIT:
         return tile
-    ir_tile = _make_tile(mr, prefetch)
+    ir_tile = _make_tile(mr, prefetch, npan)
 
     @overload(tile, jit_options={"fastmath": _FM, "error_model": _EM})
     def _tile(V, i0, RP, r0, K, G, go):
@@ -144,16 +151,17 @@ def _make(mr, prefetch=False):
                 ir_tile(V, i0, RP, r0, K, G, go)
         else:
             def impl(V, i0, RP, r0, K, G, go):
-                for m in range(mr):
-                    g = G[i0 + m, go:go + NR]
-                    v = V[i0 + m]
-                    for j in range(NR):
-                        g[j] = 0.0
-                    for k in range(K):
-                        a = v[k]
-                        w = RP[r0 + k]
+                for q in range(npan):
+                    for m in range(mr):
+                        g = G[i0 + m, go + q * NR:go + (q + 1) * NR]
+                        v = V[i0 + m]
                         for j in range(NR):
-                            g[j] += a * w[j]
+                            g[j] = 0.0
+                        for k in range(K):
+                            a = v[k]
+                            w = RP[r0 + q * K + k]
+                            for j in range(NR):
+                                g[j] += a * w[j]
         return impl
 
     return tile
@@ -164,6 +172,7 @@ _tile8p = _make(8, True)
 _tile4 = _make(4)
 _tile2 = _make(2)
 _tile1 = _make(1)
+_tile1x4 = _make(1, npan=4)  # one row: 4 panels at once, 8 independent accumulators
 
 
 #: Rows per block of a long product (the input projection of many steps): the block's V
@@ -180,6 +189,15 @@ def matmul_packed(V, nb, RP, K, G, go):
     reused from cache by every tile of 8 rows; the first tile prefetches the next panel.
     """
     P = RP.shape[0] // K if K > 0 else 0
+    if nb == 1:  # a matrix-vector product: several panels per pass for independent sums
+        p = 0
+        while p + 4 <= P:
+            _tile1x4(V, 0, RP, p * K, K, G, go + p * NR)
+            p += 4
+        while p < P:
+            _tile1(V, 0, RP, p * K, K, G, go + p * NR)
+            p += 1
+        return
     for b0 in range(0, nb, MC):
         b1 = min(b0 + MC, nb)
         for p in range(P):
