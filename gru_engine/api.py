@@ -357,6 +357,11 @@ PARALLEL_MIN_MACS = 1 << 21
 #: the hand kernel when several threads are set (see _run_gru).
 PROJECT_IN_KERNEL = None
 
+#: On one thread, input projections of fewer multiply-adds than this run in the kernel
+#: (hand product) instead of NumPy's BLAS: 35.7 vs 41.3 us for 64 steps at H=32, B=1
+#: (the BLAS call and its argument handling cost more than the product).
+PROJECT_BLAS_MIN_MACS = 1 << 19
+
 #: Input projections of fewer multiply-adds than this are not split over time chunks.
 PARALLEL_SPLIT_MACS = 1 << 24
 
@@ -432,51 +437,8 @@ def _run_gru(layer: GRU, i: int, x: np.ndarray, ctx: RunContext):
                 Y, d * H, Gt, hn, rhs,
             )
     elif path in ("rows", "packed"):
-        packed = path == "packed"
-        # small runs stay on the calling thread: waking the pool costs more than it saves
-        nt = nthreads if D * B * T * 3 * H * (I + H) >= PARALLEL_MIN_MACS else 1
-        if packed:  # one item per thread and direction: each reads R once per step for its rows
-            rb = -(-B // max(1, nt // D))
-        else:
-            rb = max(1, min(ROW_BLOCK, B * D // nt))
-        nblk = -(-B // rb)
-        if D * nblk == 1 and nthreads > 1 and SPLIT_SINGLE_ITEM is False:
-            nt = 1  # one recurrence item: the whole run on the calling thread (see below)
-        project = PROJECT_IN_KERNEL
-        if project is None:
-            # one thread: NumPy's GEMM is faster. Several: keep the run off BLAS's threads
-            # (spinning OpenBLAS workers slowed a following numba loop up to 2x, and a
-            # 2-thread OpenBLAS call on a small product took 8 ms instead of 0.1 ms)
-            project = nthreads > 1
-        # the packed projection writes whole panels: each direction's columns padded
-        C = KG.padded_width(3 * H) if packed and project else 3 * H
-        XP = scratch("XP", (B, T, D * C), dtype)
-        if not project:  # one GEMM on NumPy's BLAS for all rows, steps and directions
-            np.matmul(x.reshape(B * T, I), p.WT, out=XP.reshape(B * T, D * 3 * H))
-        G = scratch("G", (D * nblk, rb, p.g_width if packed else 3 * H), dtype)
-        RH = scratch("RH", (D * nblk, rb, H), dtype)
-        # one recurrence item (batch 1, one direction): the projection alone could be split
-        # over time chunks (SPLIT_SINGLE_ITEM), when large enough to repay a parallel launch
-        split = D * B < nt and T >= 32 * nt and T * I * 3 * H * D * B >= PARALLEL_SPLIT_MACS
-        nchunks = -(-nt // (D * B)) if split else 1
-        w = p.packed_weights() if packed else p.gemm_weights()
-        if nt != nthreads:
-            numba.set_num_threads(nt)
-        # items are handed out one at a time (dynamic), not in fixed halves: on a shared
-        # machine one slowed thread must not hold up the whole run
-        chunk = numba.set_parallel_chunksize(1) if nt > 1 else None
-        try:
-            K.gru_rows(
-                x, p.WTd_packed if packed and project else p.WTd, p.bx, w[0], w[1] if len(w) > 1 else p.no_weights, p.Rb_h,
-                hs, mask, use_mask, p.rev, p.lbr, p.acts, p.clip,
-                approx, zero_invalid, ctx.from_lengths and use_mask, p.trev, Y, XP, G, RH, nchunks, rb, project,
-                packed,
-            )
-        finally:
-            if chunk is not None:
-                numba.set_parallel_chunksize(chunk)
-            if nt != nthreads:
-                numba.set_num_threads(nthreads)
+        call = rows_call(p, B, T, I, dtype, nthreads, path == "packed", scratch)
+        call(x, hs, mask, use_mask, zero_invalid, ctx.from_lengths and use_mask, Y)
     else:
         _gru_gemm_path(p, x, hs, mask, use_mask, zero_invalid, approx, Y)
         if ctx.from_lengths and T > 0:
@@ -496,6 +458,80 @@ def _run_gru(layer: GRU, i: int, x: np.ndarray, ctx: RunContext):
     if D == 1:
         return last[0].copy()
     return merge_directions(layer.merge, last[0], last[1])
+
+
+class RowsCall:
+    """One prepared :func:`kernels_cpu.gru_rows` call for a shape (B, T, I) and thread
+    count: work split, projection choice, packed weights and work arrays decided once.
+    ``call(x, hs, mask, use_mask, zero_invalid, empty_zero, Y)`` runs it (x, hs, Y as in
+    :func:`_run_gru`). Streams keep one per chunk shape (:meth:`Stream.run`)."""
+
+    __slots__ = ("p", "nt", "nthreads", "project", "XP", "G", "RH", "nchunks", "rb", "packed", "WTd", "w0", "w1", "approx")
+
+    def __call__(self, x, hs, mask, use_mask, zero_invalid, empty_zero, Y):
+        p = self.p
+        B, T, I = x.shape
+        if not self.project:  # one GEMM on NumPy's BLAS for all rows, steps and directions
+            np.matmul(x.reshape(B * T, I), p.WT, out=self.XP.reshape(B * T, -1))
+        nt, nthreads = self.nt, self.nthreads
+        if nt != nthreads:
+            numba.set_num_threads(nt)
+        # items are handed out one at a time (dynamic), not in fixed halves: on a shared
+        # machine one slowed thread must not hold up the whole run
+        chunk = numba.set_parallel_chunksize(1) if nt > 1 else None
+        try:
+            K.gru_rows(
+                x, self.WTd, p.bx, self.w0, self.w1, p.Rb_h, hs, mask, use_mask, p.rev, p.lbr, p.acts, p.clip,
+                self.approx, zero_invalid, empty_zero, p.trev, Y, self.XP, self.G, self.RH, self.nchunks, self.rb,
+                self.project, self.packed,
+            )
+        finally:
+            if chunk is not None:
+                numba.set_parallel_chunksize(chunk)
+            if nt != nthreads:
+                numba.set_num_threads(nthreads)
+
+
+def _new_array(name, shape, dtype):
+    return np.empty(shape, dtype)
+
+
+def rows_call(p: PreparedGRU, B: int, T: int, I: int, dtype, nthreads: int, packed: bool, alloc=_new_array) -> RowsCall:
+    """Prepare the row kernel (``packed``: with the register-tile products) for (B, T, I);
+    ``alloc(name, shape, dtype)`` gives the work arrays (:func:`scratch`, or fresh ones)."""
+    D, H = p.R.shape[0], p.R.shape[2]
+    c = RowsCall()
+    c.p, c.nthreads, c.packed, c.approx = p, nthreads, packed, np.dtype(dtype) == np.float32
+    # small runs stay on the calling thread: waking the pool costs more than it saves
+    nt = nthreads if D * B * T * 3 * H * (I + H) >= PARALLEL_MIN_MACS else 1
+    if packed:  # one item per thread and direction: each reads R once per step for its rows
+        rb = -(-B // max(1, nt // D))
+    else:
+        rb = max(1, min(ROW_BLOCK, B * D // nt))
+    nblk = -(-B // rb)
+    if D * nblk == 1 and nthreads > 1 and SPLIT_SINGLE_ITEM is False:
+        nt = 1  # one recurrence item: the whole run on the calling thread (see below)
+    project = PROJECT_IN_KERNEL
+    if project is None:
+        # one thread: NumPy's GEMM is faster except on small products, where its call costs
+        # more than the hand product. Several: keep the run off BLAS's threads (spinning
+        # OpenBLAS workers slowed a following numba loop up to 2x, and a 2-thread OpenBLAS
+        # call on a small product took 8 ms instead of 0.1 ms)
+        project = nthreads > 1 or B * T * I * 3 * H * D < PROJECT_BLAS_MIN_MACS
+    # the packed projection writes whole panels: each direction's columns padded
+    C = KG.padded_width(3 * H) if packed and project else 3 * H
+    c.XP = alloc("XP", (B, T, D * C), dtype)
+    c.G = alloc("G", (D * nblk, rb, p.g_width if packed else 3 * H), dtype)
+    c.RH = alloc("RH", (D * nblk, rb, H), dtype)
+    # one recurrence item (batch 1, one direction): the projection alone could be split
+    # over time chunks (SPLIT_SINGLE_ITEM), when large enough to repay a parallel launch
+    split = D * B < nt and T >= 32 * nt and T * I * 3 * H * D * B >= PARALLEL_SPLIT_MACS
+    c.nchunks = -(-nt // (D * B)) if split else 1
+    w = p.packed_weights() if packed else p.gemm_weights()
+    c.w0, c.w1 = w[0], (w[1] if len(w) > 1 else p.no_weights)
+    c.WTd = p.WTd_packed if packed and project else p.WTd
+    c.nt, c.rb, c.project = nt, rb, project
+    return c
 
 
 def _gru_gemm_path(p: PreparedGRU, x, hs, mask, use_mask, zero_invalid, approx, Y) -> None:

@@ -43,6 +43,7 @@ from typing import Callable, Hashable, Iterable
 
 import numpy as np
 
+from . import api, threads
 from . import kernels_step as KS
 from . import validate as V
 from .errors import InputShapeError, InputTypeError, StreamingError
@@ -262,8 +263,6 @@ def _sequence_model(model: Model) -> Model | None:
     cached = model.__dict__.get("_stream_seq_model")
     if cached is not None:
         return cached[0]
-    from . import api
-
     if not all(type(layer) in api.RUNNERS for layer in model.layers):
         seq = None
     elif model.output_is_sequence:
@@ -450,8 +449,9 @@ class Stream:
             for t in range(T):
                 self.step(np.ascontiguousarray(x[:, t]), out=y[:, t])
             return y
-        from . import api
-
+        plan = self._chunk_plan(seq, T)
+        if plan is not None:
+            return plan(x)
         # the states as run's initial_state (fresh arrays: the run may overwrite them); x is checked
         y, h_n = api.run_with_states(seq, x, [self._S[None, :, off : off + H].copy() for off, H in prog.states])
         if prog.states:
@@ -459,6 +459,31 @@ class Stream:
             for (off, H), h in zip(prog.states, hs):
                 self._S[:, off : off + H] = h[0]
         return np.ascontiguousarray(y, dtype=prog.dtype)
+
+    def _chunk_plan(self, seq: Model, T: int):
+        """For a model that is one GRU layer returning sequences: ``run(x)`` with the row
+        kernel's call prepared once per chunk length (work arrays, weights, path) and the
+        state updated in place, which saves ~20 us of per-call overhead; None otherwise."""
+        key = (T, threads.get_num_threads(), api.GRU_PATH)
+        plans = self.__dict__.setdefault("_plans", {})
+        plan = plans.get(key, False)
+        if plan is not False:
+            return plan
+        plan = None
+        prog = self._prog
+        layer = seq.layers[0] if len(seq.layers) == 1 else None
+        if (isinstance(layer, GRU) and layer.num_directions == 1 and layer.return_sequences
+                and not prog.takes_tokens and len(prog.states) == 1):
+            B, H, dtype = self.batch_size, layer.hidden_size, prog.dtype
+            path = api.choose_gru_path(B, H, 1, key[1], dtype)
+            if path in ("rows", "packed"):
+                call = api.rows_call(api.prepared(seq, 0), B, T, prog.in_size, dtype, key[1], path == "packed")
+                off = prog.states[0][0]
+                plan = _ChunkPlan(call, self, off, H, T)
+        if len(plans) >= 8:  # a few chunk lengths in use at a time
+            plans.clear()
+        plans[key] = plan
+        return plan
 
     # ----------------------------------------------------------------- state
     def _rows(self, rows) -> np.ndarray | slice:
@@ -508,11 +533,39 @@ class Stream:
         other = object.__new__(Stream)
         other.__dict__.update(self.__dict__)
         other._S = self._S.copy()
+        other._plans = {}  # their work arrays are per stream
         other._bind_step()
         return other
 
     def __repr__(self) -> str:
         return f"Stream(batch_size={self.batch_size}, output_size={self.output_size}, model={self.model.name!r})"
+
+
+class _ChunkPlan:
+    """``Stream.run`` of one GRU layer: x (B, T, I), checked, in the model dtype -> Y."""
+
+    __slots__ = ("call", "stream", "off", "H", "T", "hs", "inplace")
+
+    def __init__(self, call, stream, off, H, T):
+        self.call, self.stream, self.off, self.H, self.T = call, stream, off, H, T
+        B = stream.batch_size
+        self.inplace = B == 1  # the state row is contiguous: the kernel updates it in place
+        self.hs = None if self.inplace else np.empty((1, B, H), stream._prog.dtype)
+
+    def __call__(self, x):
+        S = self.stream._S
+        off, H = self.off, self.H
+        x = np.ascontiguousarray(x)
+        B = x.shape[0]
+        Y = np.empty((B, self.T, H), S.dtype)
+        if self.inplace:
+            self.call(x, S[None, :, off:off + H], api._NO_MASK, False, False, False, Y)
+        else:
+            hs = self.hs
+            hs[0] = S[:, off:off + H]
+            self.call(x, hs, api._NO_MASK, False, False, False, Y)
+            S[:, off:off + H] = hs[0]
+        return Y
 
 
 # ----------------------------------------------------------------------------- StreamPool

@@ -282,6 +282,38 @@ def test_step_out_allocates_nothing():
         assert after.alloc - after.free == before.alloc - before.free
 
 
+@slow_without_jit
+@pytest.mark.parametrize("B", [1, 4])
+@pytest.mark.parametrize("lbr", [0, 1])
+def test_one_gru_chunk_plans_match_oracle(B, lbr):
+    """A one-GRU model's chunks run through prepared kernel calls (one per chunk length,
+    state updated in place at B=1): repeated and new lengths, a state set in between, a
+    copy run alongside, all equal the float64 ONNX oracle over the whole sequence."""
+    rng = np.random.default_rng(7 + B + lbr)
+    I, H, T = 5, 33, 60
+    W, R, Bw = random_gru_weights(rng, I, H)
+    model = Model((GRU(W=W, R=R, B=Bw, linear_before_reset=lbr),))
+    x = rng.normal(size=(B, T, I)).astype(np.float32)
+    h0 = rng.normal(size=(1, B, H)).astype(np.float32)
+    Y, Yh = naive.onnx_gru(x.transpose(1, 0, 2), W, R, Bw, None, h0, linear_before_reset=lbr)
+    ref = Y[:, 0].transpose(1, 0, 2)
+    s = model.stream(batch_size=B)
+    s.state = h0
+    cuts = [0, 7, 14, 21, 30, 37, 44, 51, 60]  # lengths 7, 7, 7, 9, 7, 7, 7, 9
+    out = []
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        out.append(s.run(x[:, a:b]))
+        if a == 21:
+            c = s.copy()  # same state, own work arrays
+            np.testing.assert_allclose(c.run(x[:, b:]), ref[:, b:], atol=ATOL, rtol=0)
+            np.testing.assert_allclose(c.state, Yh, atol=ATOL, rtol=0)
+    assert len(s._plans) == 2 and None not in s._plans.values()  # two lengths, both prepared
+    np.testing.assert_allclose(np.concatenate(out, axis=1), ref, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(s.state, Yh, atol=ATOL, rtol=0)
+    s.state = h0  # set between runs: the next chunk starts from it
+    np.testing.assert_allclose(s.run(x[:, :7]), ref[:, :7], atol=ATOL, rtol=0)
+
+
 def test_state_reset_copy():
     rng = np.random.default_rng(1)
     model = Model((gru(rng, 2, 4), gru(rng, 4, 4)))
