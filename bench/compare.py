@@ -308,7 +308,7 @@ def bench_chunks(hidden_sizes, repeats, have, log, chunk=64):
             row["x_ort"] = row["ort_us_per_step"] / row["engine_us_per_step"]
         rows.append(row)
         log(f"chunk {chunk} H={H}: engine {row['engine_us_per_step']:.2f} us/step"
-            + (f", ort {row['ort_us_per_step']:.2f} us/step x{row['x_ort']:.2f}" if "ort" in row else ""))
+            + (f", ort {row['ort_us_per_step']:.2f} us/step x{row['x_ort']:.2f}" if "x_ort" in row else ""))
     return rows
 
 

@@ -119,7 +119,7 @@ def test_matmul_rows_blocks(nb, K_, rng):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("nb", [1, 2, 3, 5, 8, 9, 12, 15, 16, 19])
-@pytest.mark.parametrize("K_,N", [(1, 5), (13, 24), (16, 33), (40, 96), (7, 200)])
+@pytest.mark.parametrize("K_,N", [(1, 5), (13, 24), (16, 33), (40, 96), (7, 200), (300, 40)])  # 300 > KC: two k blocks
 def test_matmul_packed_tiles(dtype, nb, K_, N, rng):
     """The register-tile product (IR tiles for float32, loops for float64): every row-block
     remainder, panels padded past N with zeros, nothing written outside the padded width."""
