@@ -64,11 +64,11 @@ def test_matmul_packed(benchmark, nb, H):
     RT = rng.standard_normal((H, 3 * H)).astype(np.float32)
     RP = KG.pack_panels(RT)
     G = np.empty((nb, KG.padded_width(3 * H)), np.float32)
-    KG.matmul_packed(V, nb, RP, H, G, 0)
+    KG.matmul_packed(V, nb, RP, G, 0)
     np.testing.assert_allclose(G[:, : 3 * H], V @ RT, rtol=1e-4, atol=1e-3)
     benchmark.group = f"matmul_packed nb={nb} H={H}"
     benchmark.extra_info["gflop"] = 2 * nb * H * 3 * H / 1e9
-    benchmark(KG.matmul_packed, V, nb, RP, H, G, 0)
+    benchmark(KG.matmul_packed, V, nb, RP, G, 0)
 
 
 @pytest.mark.parametrize("code", [0, 1], ids=["sigmoid", "tanh"])

@@ -92,17 +92,19 @@ class PreparedGRU:
         return a
 
     def packed_weights(self):
-        """(RP,) for lbr = 1 or (RPzr, RPh) for lbr = 0, each (D, P*H, NR): ``R[d]'`` in the
-        column panels of :func:`kernels_gemm.pack_panels` (the packed product's layout)."""
+        """(RP, unused) for lbr = 1 or (RPzr, RPh) for lbr = 0, each (D, P, H, NR): ``R[d]'``
+        in the column panels of :func:`kernels_gemm.pack_panels` (the packed product's layout)."""
         w = self._packed.get("panels")
         if w is None:
             w = tuple(np.stack([KG.pack_panels(m[d]) for d in range(m.shape[0])]) for m in self.gemm_weights())
+            if len(w) == 1:  # the row kernel's second weight argument, never read
+                w += (np.zeros((w[0].shape[0], 1, 1, KG.NR), w[0].dtype),)
             self._packed["panels"] = w
         return w
 
     @property
     def WTd_packed(self) -> np.ndarray:
-        """(D, P*I, NR): the input weights per direction in panels (the packed projection)."""
+        """(D, P, I, NR): the input weights per direction in panels (the packed projection)."""
         a = self._packed.get("WTd_panels")
         if a is None:
             WTd = self.WTd
@@ -466,7 +468,7 @@ class RowsCall:
     ``call(x, hs, mask, use_mask, zero_invalid, empty_zero, Y)`` runs it (x, hs, Y as in
     :func:`_run_gru`). Streams keep one per chunk shape (:meth:`Stream.run`)."""
 
-    __slots__ = ("p", "nt", "nthreads", "project", "XP", "G", "RH", "nchunks", "rb", "packed", "WTd", "w0", "w1", "approx")
+    __slots__ = ("p", "nt", "nthreads", "project", "XP", "G", "RH", "nchunks", "rb", "WTd", "w0", "w1", "approx")
 
     def __call__(self, x, hs, mask, use_mask, zero_invalid, empty_zero, Y):
         p = self.p
@@ -483,7 +485,7 @@ class RowsCall:
             K.gru_rows(
                 x, self.WTd, p.bx, self.w0, self.w1, p.Rb_h, hs, mask, use_mask, p.rev, p.lbr, p.acts, p.clip,
                 self.approx, zero_invalid, empty_zero, p.trev, Y, self.XP, self.G, self.RH, self.nchunks, self.rb,
-                self.project, self.packed,
+                self.project,
             )
         finally:
             if chunk is not None:
@@ -501,7 +503,7 @@ def rows_call(p: PreparedGRU, B: int, T: int, I: int, dtype, nthreads: int, pack
     ``alloc(name, shape, dtype)`` gives the work arrays (:func:`scratch`, or fresh ones)."""
     D, H = p.R.shape[0], p.R.shape[2]
     c = RowsCall()
-    c.p, c.nthreads, c.packed, c.approx = p, nthreads, packed, np.dtype(dtype) == np.float32
+    c.p, c.nthreads, c.approx = p, nthreads, np.dtype(dtype) == np.float32
     # small runs stay on the calling thread: waking the pool costs more than it saves
     nt = nthreads if D * B * T * 3 * H * (I + H) >= PARALLEL_MIN_MACS else 1
     if packed:  # one item per thread and direction: each reads R once per step for its rows
@@ -529,7 +531,9 @@ def rows_call(p: PreparedGRU, B: int, T: int, I: int, dtype, nthreads: int, pack
     c.nchunks = -(-nt // (D * B)) if split else 1
     w = p.packed_weights() if packed else p.gemm_weights()
     c.w0, c.w1 = w[0], (w[1] if len(w) > 1 else p.no_weights)
-    c.WTd = p.WTd_packed if packed and project else p.WTd
+    # 4-D panels select the kernel's packed specialisation (input weights too, even when
+    # NumPy projects: one compiled variant per path)
+    c.WTd = p.WTd_packed if packed else p.WTd
     c.nt, c.rb, c.project = nt, rb, project
     return c
 

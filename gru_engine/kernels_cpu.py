@@ -304,7 +304,7 @@ def matmul_rows(V, nb, RT, G, go):
 @njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)
 def _rows_item(
     w, nblk, rb, bx, RTa, RTb, Rb_h, h, mask, use_mask, rev, lbr, acts, clip, approx,
-    zero_invalid, empty_zero, trev, Y, XP, G, RH, packed,
+    zero_invalid, empty_zero, trev, Y, XP, G, RH,
 ):
     """All steps of one work item of :func:`gru_rows` (direction, block of rb rows)."""
     H = Rb_h.shape[1]
@@ -347,15 +347,15 @@ def _rows_item(
                         Y[b0 + i, to, yo + j] = hd[i, j]
             if nvalid == 0:
                 continue
-        if packed:
-            matmul_packed(hd, nb, RTad, H, g, 0)
+        if RTa.ndim == 4:  # packed panels (a compile-time branch: one specialisation each)
+            matmul_packed(hd, nb, RTad, g, 0)
         else:
             matmul_rows(hd, nb, RTad, g, 0)
         if not lbr:
             for i in range(nb):
                 _zr_gates(XP[b0 + i, t], xo, bxd, g[i], hd[i], rh[i], H, approx, generic, fc, fa, fb, clip)
-            if packed:
-                matmul_packed(rh, nb, RTbd, H, g, 2 * H)
+            if RTa.ndim == 4:
+                matmul_packed(rh, nb, RTbd, g, 2 * H)
             else:
                 matmul_rows(rh, nb, RTbd, g, 2 * H)
         for i in range(nb):
@@ -382,7 +382,7 @@ def _rows_item(
 @njit(cache=True, fastmath=_FM, error_model=_EM, parallel=True, nogil=True)
 def gru_rows(
     x, WTd, bx, RTa, RTb, Rb_h, h, mask, use_mask, rev, lbr, acts, clip, approx,
-    zero_invalid, empty_zero, trev, Y, XP, G, RH, nchunks, rb, project, packed,
+    zero_invalid, empty_zero, trev, Y, XP, G, RH, nchunks, rb, project,
 ):
     """Whole sequences, one work item per (direction, block of ``rb`` batch rows), items
     spread over threads; each item runs all its steps with no synchronisation.
@@ -408,9 +408,10 @@ def gru_rows(
     (D*nblk, rb, >=3H) recurrent products; RH (D*nblk, rb, H) r * h, where nblk = ceil(B /
     rb). nchunks: time chunks per row for the input projection (> 1 lets batch-1 runs
     project on all threads).
-    packed: the products are :func:`kernels_gemm.matmul_packed` on panel-packed weights
-    (float32 register tiles): WTd (D, P*I, NR), RTa (D, P*H, NR) for all 3H columns (lbr = 1)
-    or R_zr, and RTb (D, P*H, NR) for R_h (lbr = 0); G then needs the padded width.
+    Packed products (:func:`kernels_gemm.matmul_packed`, float32 register tiles) when the
+    weights come as 4-D panels (a separate compiled specialisation, so each path loads only
+    its own code): WTd (D, P, I, NR), RTa (D, P, H, NR) for all 3H columns (lbr = 1) or R_zr,
+    RTb (D, P, H, NR) for R_h (lbr = 0); G then needs the padded width.
     """
     D = RTa.shape[0]
     H = Rb_h.shape[1]
@@ -427,8 +428,8 @@ def gru_rows(
         pass
     elif nw * nchunks == 1:
         if T > 0:
-            if packed:
-                matmul_packed(x[0], T, WTd[0], I, XP[0], 0)
+            if WTd.ndim == 4:
+                matmul_packed(x[0], T, WTd[0], XP[0], 0)
             else:
                 matmul_rows(x[0], T, WTd[0], XP[0], 0)
     else:
@@ -439,19 +440,19 @@ def gru_rows(
             if t1 > t0:
                 d = w // Bn
                 b = w - d * Bn
-                if packed:
-                    matmul_packed(x[b, t0:t1], t1 - t0, WTd[d], I, XP[b, t0:t1], d * Cx)
+                if WTd.ndim == 4:
+                    matmul_packed(x[b, t0:t1], t1 - t0, WTd[d], XP[b, t0:t1], d * Cx)
                 else:
                     matmul_rows(x[b, t0:t1], t1 - t0, WTd[d], XP[b, t0:t1], d * 3 * H)
     nblk = (Bn + rb - 1) // rb
     nitems = D * nblk
     if nitems == 1:  # no parallel region: its barrier would only wait for idle threads
         _rows_item(0, nblk, rb, bx, RTa, RTb, Rb_h, h, mask, use_mask, rev, lbr, acts, clip, approx,
-                   zero_invalid, empty_zero, trev, Y, XP, G, RH, packed)
+                   zero_invalid, empty_zero, trev, Y, XP, G, RH)
     else:
         for w in prange(nitems):
             _rows_item(w, nblk, rb, bx, RTa, RTb, Rb_h, h, mask, use_mask, rev, lbr, acts, clip, approx,
-                       zero_invalid, empty_zero, trev, Y, XP, G, RH, packed)
+                       zero_invalid, empty_zero, trev, Y, XP, G, RH)
 
 
 @njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)

@@ -2,7 +2,7 @@
 
 ``G[i, go + j] = sum_k V[i, k] * RT[k, j]`` for a batch of states V (nb, K) and the
 transposed weights RT (K, N), packed once at load into panels of :data:`NR` columns
-(``pack_panels``: (P, K, NR), zero-padded past N, flattened to (P*K, NR)).
+(``pack_panels``: (P, K, NR), zero-padded past N).
 
 numba cannot keep a tile of accumulators in registers across the k loop by itself (the
 hand kernel of :mod:`kernels_cpu` reads and writes G at every k chunk, and its dot-product
@@ -39,14 +39,14 @@ _I8P = ir.IntType(8).as_pointer()
 
 
 def pack_panels(RT: np.ndarray) -> np.ndarray:
-    """(K, N) -> (P*K, NR): column panels of RT one after the other, zero-padded to P*NR."""
+    """(K, N) -> (P, K, NR): the column panels of RT, zero-padded to P*NR columns."""
     K, N = RT.shape
     P = -(-N // NR)
     out = np.zeros((P, K, NR), RT.dtype)
     for p in range(P):
         w = min(NR, N - p * NR)
         out[p, :, :w] = RT[:, p * NR:p * NR + w]
-    return out.reshape(P * K, NR)
+    return out
 
 
 def padded_width(N: int) -> int:
@@ -181,14 +181,18 @@ MC = 128
 
 
 @njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)
-def matmul_packed(V, nb, RP, K, G, go):
-    """G[i, go:go+P*NR] = V[i] @ RT for rows i < nb, RT packed by :func:`pack_panels` as RP
-    (P*K, NR). G needs room for the padded width P*NR (the padding columns get zeros).
+def matmul_packed(V, nb, RP3, G, go):
+    """G[i, go:go+P*NR] = V[i] @ RT for rows i < nb, RT packed by :func:`pack_panels` as RP3
+    (P, K, NR). G needs room for the padded width P*NR (the padding columns get zeros).
 
     Blocks of MC rows, panels inside: each panel (K*NR floats) is read once per block and
     reused from cache by every tile of 8 rows; the first tile prefetches the next panel.
     """
-    P = RP.shape[0] // K if K > 0 else 0
+    P = RP3.shape[0]
+    K = RP3.shape[1]
+    if K == 0:
+        return
+    RP = RP3.reshape((P * K, NR))  # the panels one after the other: row r0 + k of panel p
     if nb == 1:  # a matrix-vector product: several panels per pass for independent sums
         p = 0
         while p + 4 <= P:

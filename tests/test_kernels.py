@@ -129,9 +129,9 @@ def test_matmul_packed_tiles(dtype, nb, K_, N, rng):
     RT = rng.standard_normal((K_, N)).astype(dtype)
     RP = KG.pack_panels(RT)
     Np = KG.padded_width(N)
-    assert RP.shape == (Np // KG.NR * K_, KG.NR) and Np >= N and Np % KG.NR == 0
+    assert RP.shape == (Np // KG.NR, K_, KG.NR) and Np >= N and Np % KG.NR == 0
     G = np.full((nb + 1, 3 + Np + 2), np.nan, dtype)
-    KG.matmul_packed(V, nb, RP, K_, G, 3)
+    KG.matmul_packed(V, nb, RP, G, 3)
     np.testing.assert_allclose(G[:nb, 3:3 + N], V.astype(np.float64) @ RT, rtol=1e-5, atol=1e-5)
     assert (G[:nb, 3 + N:3 + Np] == 0).all()  # zero-padded columns
     assert np.isnan(G[:, :3]).all() and np.isnan(G[:, 3 + Np:]).all() and np.isnan(G[nb]).all()
