@@ -118,7 +118,7 @@ def test_matmul_rows_blocks(nb, K_, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("nb", [1, 2, 3, 5, 8, 9, 12, 15, 16, 19])
+@pytest.mark.parametrize("nb", [1, 2, 3, 5, 8, 9, 12, 15, 16, 19, 139])  # 139 > MC: two row blocks
 @pytest.mark.parametrize("K_,N", [(1, 5), (13, 24), (16, 33), (40, 96), (7, 200), (300, 40)])  # 300 > KC: two k blocks
 def test_matmul_packed_tiles(dtype, nb, K_, N, rng):
     """The register-tile product (IR tiles for float32, loops for float64): every row-block
@@ -132,7 +132,8 @@ def test_matmul_packed_tiles(dtype, nb, K_, N, rng):
     assert RP.shape == (Np // KG.NR, K_, KG.NR) and Np >= N and Np % KG.NR == 0
     G = np.full((nb + 1, 3 + Np + 2), np.nan, dtype)
     KG.matmul_packed(V, nb, RP, G, 3)
-    np.testing.assert_allclose(G[:nb, 3:3 + N], V.astype(np.float64) @ RT, rtol=1e-5, atol=1e-5)
+    # float32 rounding of K products of N(0, 1) terms (|sum| ~ sqrt(K)): a wrong tile is off by O(1)
+    np.testing.assert_allclose(G[:nb, 3:3 + N], V.astype(np.float64) @ RT, rtol=1e-5, atol=2e-6 * K_)
     assert (G[:nb, 3 + N:3 + Np] == 0).all()  # zero-padded columns
     assert np.isnan(G[:, :3]).all() and np.isnan(G[:, 3 + Np:]).all() and np.isnan(G[nb]).all()
 
