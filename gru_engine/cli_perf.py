@@ -3,10 +3,10 @@
 numba compiles a kernel on its first call and, with ``cache=True``, stores the machine code
 on disk (next to the module, or under ``NUMBA_CACHE_DIR``). A fresh process then loads it in
 a fraction of a second instead of compiling for several seconds. ``warmup`` makes those
-first calls on tiny inputs for float32 and float64 and every code path: the row kernel and
-the per-step GEMM path, ``linear_before_reset`` 0 and 1, sigmoid/tanh and the generic
-activations with clip, lengths and masks, Dense activations, and the streaming step
-kernels when the streaming module is present.
+first calls on tiny inputs for float32 and float64 and every code path: the row kernel,
+the packed register-tile path and the per-step GEMM path, ``linear_before_reset`` 0 and 1,
+sigmoid/tanh and the generic activations with clip, lengths and masks, Dense activations,
+and the streaming step kernels when the streaming module is present.
 """
 
 from __future__ import annotations
