@@ -286,7 +286,8 @@ def test_auto_path_choice_and_threads_agree(rng):
     from gru_engine import threads
 
     for B, H, path in [(1, 512, "rows"), (1, 32, "rows"), (2, 16, "packed"), (16, 512, "packed"), (64, 64, "packed")]:
-        assert api.choose_gru_path(B, H, 1, 2, np.float32) == path, (B, H)
+        assert api.choose_gru_path(B, H, 1, 1, np.float32) == path, (B, H)
+    assert api.choose_gru_path(1, 128, 1, 2, np.float32) == "packed"  # batch 1, several threads
     for B, H, path in [(1, 512, "rows"), (16, 64, "rows"), (16, 128, "rows"), (16, 512, "gemm"),
                        (16, 256, "rows"), (64, 64, "rows"), (64, 128, "gemm"), (64, 512, "gemm")]:
         assert api.choose_gru_path(B, H, 1, 2, np.float64) == path, (B, H)
