@@ -358,8 +358,8 @@ ROW_BLOCK = 4
 PARALLEL_MIN_MACS = 1 << 21
 
 #: Row kernel: compute the input projection with the hand kernel inside numba (True), with
-#: one NumPy BLAS product before it (False), or None: BLAS on one thread (5-20% faster),
-#: the hand kernel when several threads are set (see _run_gru).
+#: one NumPy BLAS product before it (False), or None: BLAS on one thread (5-20% faster)
+#: except for small products, the kernel when several threads are set (see rows_call).
 PROJECT_IN_KERNEL = None
 
 #: On one thread, input projections of fewer multiply-adds than this run in the kernel
@@ -442,7 +442,7 @@ def _run_gru(layer: GRU, i: int, x: np.ndarray, ctx: RunContext):
                 Y, d * H, Gt, hn, rhs,
             )
     elif path in ("rows", "packed"):
-        call = rows_call(p, B, T, I, dtype, nthreads, path == "packed", scratch)
+        call = rows_call(p, B, T, I, nthreads, path == "packed", scratch)
         call(x, hs, mask, use_mask, zero_invalid, ctx.from_lengths and use_mask, Y)
     else:
         _gru_gemm_path(p, x, hs, mask, use_mask, zero_invalid, approx, Y)
@@ -501,12 +501,13 @@ def _new_array(name, shape, dtype):
     return np.empty(shape, dtype)
 
 
-def rows_call(p: PreparedGRU, B: int, T: int, I: int, dtype, nthreads: int, packed: bool, alloc=_new_array) -> RowsCall:
+def rows_call(p: PreparedGRU, B: int, T: int, I: int, nthreads: int, packed: bool, alloc=_new_array) -> RowsCall:
     """Prepare the row kernel (``packed``: with the register-tile products) for (B, T, I);
     ``alloc(name, shape, dtype)`` gives the work arrays (:func:`scratch`, or fresh ones)."""
     D, H = p.R.shape[0], p.R.shape[2]
+    dtype = p.R.dtype
     c = RowsCall()
-    c.p, c.nthreads, c.approx = p, nthreads, np.dtype(dtype) == np.float32
+    c.p, c.nthreads, c.approx = p, nthreads, dtype == np.float32
     # small runs stay on the calling thread: waking the pool costs more than it saves
     nt = nthreads if D * B * T * 3 * H * (I + H) >= PARALLEL_MIN_MACS else 1
     if packed:  # one item per thread and direction: each reads R once per step for its rows

@@ -443,7 +443,7 @@ def gru_rows(
                 if WTd.ndim == 4:
                     matmul_packed(x[b, t0:t1], t1 - t0, WTd[d], XP[b, t0:t1], d * Cx)
                 else:
-                    matmul_rows(x[b, t0:t1], t1 - t0, WTd[d], XP[b, t0:t1], d * 3 * H)
+                    matmul_rows(x[b, t0:t1], t1 - t0, WTd[d], XP[b, t0:t1], d * Cx)
     nblk = (Bn + rb - 1) // rb
     nitems = D * nblk
     if nitems == 1:  # no parallel region: its barrier would only wait for idle threads

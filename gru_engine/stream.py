@@ -451,7 +451,7 @@ class Stream:
             return y
         plan = self._chunk_plan(seq, T)
         if plan is not None:
-            return plan(x)
+            return plan(x, self._S)
         # the states as run's initial_state (fresh arrays: the run may overwrite them); x is checked
         y, h_n = api.run_with_states(seq, x, [self._S[None, :, off : off + H].copy() for off, H in prog.states])
         if prog.states:
@@ -463,7 +463,7 @@ class Stream:
     def _chunk_plan(self, seq: Model, T: int):
         """For a model that is one GRU layer returning sequences: ``run(x)`` with the row
         kernel's call prepared once per chunk length (work arrays, weights, path) and the
-        state updated in place, which saves ~20 us of per-call overhead; None otherwise."""
+        state updated in place, which saves ~4 us of per-call overhead; None otherwise."""
         key = (T, threads.get_num_threads(), api.GRU_PATH)
         plans = self.__dict__.setdefault("_plans", {})
         plan = plans.get(key, False)
@@ -474,12 +474,11 @@ class Stream:
         layer = seq.layers[0] if len(seq.layers) == 1 else None
         if (isinstance(layer, GRU) and layer.num_directions == 1 and layer.return_sequences
                 and not prog.takes_tokens and len(prog.states) == 1):
-            B, H, dtype = self.batch_size, layer.hidden_size, prog.dtype
-            path = api.choose_gru_path(B, H, 1, key[1], dtype)
+            B, H = self.batch_size, layer.hidden_size
+            path = api.choose_gru_path(B, H, 1, key[1], prog.dtype)
             if path in ("rows", "packed"):
-                call = api.rows_call(api.prepared(seq, 0), B, T, prog.in_size, dtype, key[1], path == "packed")
-                off = prog.states[0][0]
-                plan = _ChunkPlan(call, self, off, H, T)
+                call = api.rows_call(api.prepared(seq, 0), B, T, prog.in_size, key[1], path == "packed")
+                plan = _ChunkPlan(call, prog.states[0][0], H, B, prog.dtype)
         if len(plans) >= 8:  # a few chunk lengths in use at a time
             plans.clear()
         plans[key] = plan
@@ -542,23 +541,21 @@ class Stream:
 
 
 class _ChunkPlan:
-    """``Stream.run`` of one GRU layer: x (B, T, I), checked, in the model dtype -> Y."""
+    """``Stream.run`` of one GRU layer: x (B, T, I), checked, in the model dtype, and the
+    stream's state rows S (state at columns off:off+H), updated -> Y."""
 
-    __slots__ = ("call", "stream", "off", "H", "T", "hs", "inplace")
+    __slots__ = ("call", "off", "H", "hs")
 
-    def __init__(self, call, stream, off, H, T):
-        self.call, self.stream, self.off, self.H, self.T = call, stream, off, H, T
-        B = stream.batch_size
-        self.inplace = B == 1  # the state row is contiguous: the kernel updates it in place
-        self.hs = None if self.inplace else np.empty((1, B, H), stream._prog.dtype)
+    def __init__(self, call, off, H, B, dtype):
+        self.call, self.off, self.H = call, off, H
+        # batch 1: the state row is contiguous and the kernel updates it in place
+        self.hs = None if B == 1 else np.empty((1, B, H), dtype)
 
-    def __call__(self, x):
-        S = self.stream._S
+    def __call__(self, x, S):
         off, H = self.off, self.H
         x = np.ascontiguousarray(x)
-        B = x.shape[0]
-        Y = np.empty((B, self.T, H), S.dtype)
-        if self.inplace:
+        Y = np.empty((x.shape[0], x.shape[1], H), S.dtype)
+        if self.hs is None:
             self.call(x, S[None, :, off:off + H], api._NO_MASK, False, False, False, Y)
         else:
             hs = self.hs
