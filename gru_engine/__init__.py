@@ -10,6 +10,8 @@ Public names::
 
 from __future__ import annotations
 
+__version__ = "0.1.0"  # first: gru_engine._cache reads it
+
 from .errors import (
     DeviceError,
     GRUEngineError,
@@ -23,8 +25,6 @@ from .errors import (
 )
 from .model import GRU, Activation, Dense, Embedding, Masking, Model, Output
 from .threads import get_num_threads, set_num_threads
-
-__version__ = "0.1.0"
 
 
 def load(source, **kwargs) -> Model:

@@ -1,7 +1,7 @@
 """``gru-engine warmup``: compile every CPU kernel variant ahead of time into numba's cache.
 
 numba compiles a kernel on its first call and, with ``cache=True``, stores the machine code
-on disk (next to the module, or under ``NUMBA_CACHE_DIR``). A fresh process then loads it in
+on disk (in the engine's own folder, see :mod:`gru_engine._cache`). A fresh process then loads it in
 a fraction of a second instead of compiling for several seconds. ``warmup`` makes those
 first calls on tiny inputs for float32 and float64 and every code path: the row kernel,
 the packed register-tile path and the per-step GEMM path, ``linear_before_reset`` 0 and 1,
@@ -76,7 +76,9 @@ def warmup(verbose: bool = True) -> float:
         pass
     dt = time.perf_counter() - t0
     if verbose:
-        where = os.environ.get("NUMBA_CACHE_DIR") or "next to the package's modules (__pycache__)"
+        from . import _cache
+
+        where = _cache.install() or os.environ.get("NUMBA_CACHE_DIR") or "numba's default"
         print(f"warmup: compiled/loaded {', '.join(done)} in {dt:.1f} s; numba cache: {where}")
     return dt
 
