@@ -15,6 +15,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from . import _cache  # noqa: F401  (numba caches the engine's kernels outside the package; before any @njit)
 from . import config
 from .kernels_gemm import matmul_packed
 

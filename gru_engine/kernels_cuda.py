@@ -36,6 +36,7 @@ import math
 import numpy as np
 from numba import cuda, types
 
+from . import _cache  # noqa: F401  (numba caches the engine's kernels outside the package; before any @njit)
 from . import config
 
 #: Threads per block of the 1-D kernels and of the persistent recurrence kernel.

@@ -24,6 +24,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+from . import _cache  # noqa: F401  (numba caches the engine's kernels outside the package; before any @njit)
 from . import config
 
 _FM = config.FASTMATH

@@ -14,6 +14,7 @@ import math
 
 from numba import njit, prange
 
+from . import _cache  # noqa: F401  (numba caches the engine's kernels outside the package; before any @njit)
 from . import config
 
 _FM = config.FASTMATH

@@ -35,6 +35,7 @@ import math
 import numpy as np
 from numba import njit
 
+from . import _cache  # noqa: F401  (numba caches the engine's kernels outside the package; before any @njit)
 from . import config
 
 _FM = config.FASTMATH
