@@ -95,18 +95,14 @@ def _fns(B, H):
 @pytest.mark.parametrize("B,H", SEQ, ids=SEQ_IDS)
 @pytest.mark.parametrize("path", ["auto", "rows", "packed", "gemm"])
 def test_engine_sequence(benchmark, B, H, path):
-    from gru_engine import api
+    from gru_engine import config
 
-    old = api.GRU_PATH
-    api.GRU_PATH = path
-    try:
+    with config.override(gru_path=path):
         fn = _fns(B, H)["engine"]
         fn()
         benchmark.group = f"sequence T={T} B={B} H={H}"
         benchmark.extra_info["gflop"] = C.gflops([C._weights(H, H)], B, T)
         benchmark(fn)
-    finally:
-        api.GRU_PATH = old
 
 
 @pytest.mark.parametrize("B,H", SEQ, ids=SEQ_IDS)

@@ -14,6 +14,7 @@ from typing import Callable
 import numba
 import numpy as np
 
+from . import config
 from . import kernels_cpu as K
 from . import kernels_gemm as KG
 from . import threads
@@ -319,82 +320,21 @@ def merge_directions(merge: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.concatenate([a, b], axis=-1)
 
 
-#: Which GRU kernel path runs: "auto", "rows" (whole sequence in one numba kernel, one
-#: work item per direction and block of batch rows), "packed" (the same kernel with the
-#: per-step products on packed weights in register tiles, one item per thread), "gemm" (a BLAS GEMM per step for all
-#: rows, then a fused numba gate kernel) or "tiles" (batch 1: hidden units split across
-#: threads at every step). Tests and benchmarks set it to force a path.
-GRU_PATH = "auto"
-
-#: float32 runs of at least this many batch rows use the packed register-tile product
-#: (:mod:`kernels_gemm`) inside the row kernel. Measured on one thread (Xeon, AVX-512,
-#: T=256, I=H) against the other paths: 1.2-1.6x faster at B=2..64 for H=64..512; at B=1
-#: the row kernel's GEMV is 0.7-1.4x of it, so batch 1 keeps the row kernel on one thread.
-#: With several threads batch 1 takes the packed path too (it still runs on one thread, but
-#: projects in the kernel, where the tiles beat the hand product): 1.15-1.52x onnxruntime
-#: at H=64 and 0.94-1.03x at H=128 against 0.79-0.99x for the row kernel.
-PACKED_MIN_ROWS = 2
-
-#: (float64) The GEMM path wins once a step's recurrent product is big enough for BLAS to pay off
-#: (measured on a 2-core Zen 3, one thread, quiet machine: the row kernel is 3-10% faster
-#: at B=16/H<=256 and B=64/H=64; the GEMM path 4-10% at B=16/H=512, B=64/H>=128).
-GEMM_MIN_ROWS = 8
-GEMM_MIN_MACS = 1 << 23
-GEMM_WIDE_ROWS = 48
-GEMM_WIDE_MACS = 1 << 21
-
-#: Batch 1, one direction, H at least this, several threads: hidden-unit tiles across
-#: threads (a parallel loop per step) instead of one work item -- when TILES_AUTO is on.
-#: It is off: on the shared 2-core machine the per-step barrier (256 per sequence) made
-#: B=1/H=512 20x slower whenever other processes competed for the cores (2.8 s vs 0.14 s
-#: for the single-item row kernel at load average 6); force it with GRU_PATH = "tiles".
-TILES_AUTO = False
-TILE_MIN_H = 256
-
-#: Batch rows per work item of the row kernel (they share each load of the weights).
-ROW_BLOCK = 4
-
-#: Runs with fewer multiply-adds than this use one thread (a parallel launch costs ~10 us).
-PARALLEL_MIN_MACS = 1 << 21
-
-#: Row kernel: compute the input projection with the hand kernel inside numba (True), with
-#: one NumPy BLAS product before it (False), or None: BLAS on one thread (5-20% faster)
-#: except for small products, the kernel when several threads are set (see rows_call).
-PROJECT_IN_KERNEL = None
-
-#: On one thread, input projections of fewer multiply-adds than this run in the kernel
-#: (hand product) instead of NumPy's BLAS: 35.7 vs 41.3 us for 64 steps at H=32, B=1
-#: (the BLAS call and its argument handling cost more than the product).
-PROJECT_BLAS_MIN_MACS = 1 << 19
-
-#: Input projections of fewer multiply-adds than this are not split over time chunks.
-PARALLEL_SPLIT_MACS = 1 << 24
-
-#: Batch 1, one direction, several threads: split the input projection over the threads
-#: (True) or run everything on the calling thread (False). Off: on the shared 2-vCPU
-#: machine, while the other vCPU was busy (2-thread sgemm peak then below the 1-thread
-#: one), the split ran B=1/H=256 in 11.6 ms against 5.2 ms on one thread; when both vCPUs
-#: are free it would help (onnxruntime's 2-thread B=1/H=512 run is then 1.7x faster).
-SPLIT_SINGLE_ITEM = False
-
-
 def choose_gru_path(B: int, H: int, D: int, threads: int, dtype=np.float32) -> str:
-    if GRU_PATH != "auto":
-        return GRU_PATH
-    if np.dtype(dtype) == np.float32 and (B >= PACKED_MIN_ROWS or threads > 1):
+    """The GRU kernel path for this run (config.Settings.gru_path and its thresholds)."""
+    cfg = config.get()
+    if cfg.gru_path != "auto":
+        return cfg.gru_path
+    if np.dtype(dtype) == np.float32 and (B >= cfg.packed_min_rows or threads > 1):
         return "packed"
     macs = B * H * 3 * H
-    if B >= GEMM_MIN_ROWS and (macs >= GEMM_MIN_MACS or (B >= GEMM_WIDE_ROWS and macs >= GEMM_WIDE_MACS)):
+    if B >= cfg.gemm_min_rows and (macs >= cfg.gemm_min_macs or (B >= cfg.gemm_wide_rows and macs >= cfg.gemm_wide_macs)):
         return "gemm"
     return "rows"
 
 
 _scratch = threading.local()
 _NO_MASK = np.ones((1, 1), np.uint8)  # placeholder when there is no mask (never read)
-
-
-#: Work arrays up to this size are kept between runs (per thread); larger ones are not.
-SCRATCH_KEEP_BYTES = 64 << 20
 
 
 def scratch(name: str, shape: tuple, dtype) -> np.ndarray:
@@ -404,7 +344,7 @@ def scratch(name: str, shape: tuple, dtype) -> np.ndarray:
     a = cache.get(name)
     if a is None or a.shape != shape or a.dtype != dtype:
         a = np.empty(shape, dtype)
-        cache[name] = a if a.nbytes <= SCRATCH_KEEP_BYTES else None
+        cache[name] = a if a.nbytes <= config.get().scratch_keep_bytes else None
     return a
 
 
@@ -424,7 +364,8 @@ def _run_gru(layer: GRU, i: int, x: np.ndarray, ctx: RunContext):
     approx = dtype == np.float32
     nthreads = threads.get_num_threads()  # (applies GRU_ENGINE_NUM_THREADS on the first run)
     path = choose_gru_path(B, H, D, nthreads, dtype)
-    if TILES_AUTO and path == "rows" and D * B == 1 and nthreads > 1 and H >= TILE_MIN_H and GRU_PATH == "auto":
+    cfg = config.get()
+    if cfg.tiles_auto and path == "rows" and D * B == 1 and nthreads > 1 and H >= cfg.tile_min_h and cfg.gru_path == "auto":
         path = "tiles"
     if path == "tiles" and B != 1:
         path = "rows"
@@ -508,30 +449,31 @@ def rows_call(p: PreparedGRU, B: int, T: int, I: int, nthreads: int, packed: boo
     dtype = p.R.dtype
     c = RowsCall()
     c.p, c.nthreads, c.approx = p, nthreads, dtype == np.float32
+    cfg = config.get()
     # small runs stay on the calling thread: waking the pool costs more than it saves
-    nt = nthreads if D * B * T * 3 * H * (I + H) >= PARALLEL_MIN_MACS else 1
+    nt = nthreads if D * B * T * 3 * H * (I + H) >= cfg.parallel_min_macs else 1
     if packed:  # one item per thread and direction: each reads R once per step for its rows
         rb = -(-B // max(1, nt // D))
     else:
-        rb = max(1, min(ROW_BLOCK, B * D // nt))
+        rb = max(1, min(cfg.row_block, B * D // nt))
     nblk = -(-B // rb)
-    if D * nblk == 1 and nthreads > 1 and SPLIT_SINGLE_ITEM is False:
+    if D * nblk == 1 and nthreads > 1 and not cfg.split_single_item:
         nt = 1  # one recurrence item: the whole run on the calling thread (see below)
-    project = PROJECT_IN_KERNEL
+    project = cfg.project_in_kernel
     if project is None:
         # one thread: NumPy's GEMM is faster except on small products, where its call costs
         # more than the hand product. Several: keep the run off BLAS's threads (spinning
         # OpenBLAS workers slowed a following numba loop up to 2x, and a 2-thread OpenBLAS
         # call on a small product took 8 ms instead of 0.1 ms)
-        project = nthreads > 1 or B * T * I * 3 * H * D < PROJECT_BLAS_MIN_MACS
+        project = nthreads > 1 or B * T * I * 3 * H * D < cfg.project_blas_min_macs
     # the packed projection writes whole panels: each direction's columns padded
     C = KG.padded_width(3 * H) if packed and project else 3 * H
     c.XP = alloc("XP", (B, T, D * C), dtype)
     c.G = alloc("G", (D * nblk, rb, p.g_width if packed else 3 * H), dtype)
     c.RH = alloc("RH", (D * nblk, rb, H), dtype)
     # one recurrence item (batch 1, one direction): the projection alone could be split
-    # over time chunks (SPLIT_SINGLE_ITEM), when large enough to repay a parallel launch
-    split = D * B < nt and T >= 32 * nt and T * I * 3 * H * D * B >= PARALLEL_SPLIT_MACS
+    # over time chunks (Settings.split_single_item), when large enough to repay a parallel launch
+    split = D * B < nt and T >= 32 * nt and T * I * 3 * H * D * B >= cfg.parallel_split_macs
     c.nchunks = -(-nt // (D * B)) if split else 1
     w = p.packed_weights() if packed else p.gemm_weights()
     c.w0, c.w1 = w[0], (w[1] if len(w) > 1 else p.no_weights)

@@ -19,42 +19,38 @@ def warmup(verbose: bool = True) -> float:
     """Compile (or load) every kernel variant; returns the seconds it took."""
     import numpy as np
 
-    from . import api
+    from . import config
     from . import kernels_cpu as K
     from .model import GRU, Dense, Masking, Model
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(0)
-    old = api.GRU_PATH
     done = []
-    try:
-        for dtype in (np.float32, np.float64):
-            I, H, B, T = 3, 4, 2, 5
-            for lbr in (0, 1):
-                for generic in (False, True):
-                    kw = {}
-                    if generic:
-                        kw = dict(activations=("HardSigmoid", "Softsign") * 2, clip=3.0)
-                    W = rng.standard_normal((2, 3 * H, I)).astype(dtype)
-                    R = rng.standard_normal((2, 3 * H, H)).astype(dtype)
-                    gru = GRU(W=W, R=R, direction="bidirectional", linear_before_reset=lbr, **kw)
-                    dense = Dense(kernel=np.ones((2 * H, 2), dtype), bias=np.zeros(2, dtype), activation="sigmoid")
-                    model = Model(layers=(gru, dense))
-                    masked = Model(layers=(Masking(mask_value=0.0), gru), input_size=I)
-                    x = rng.standard_normal((B, T, I)).astype(dtype)
-                    for path in ("rows", "packed", "gemm"):
-                        api.GRU_PATH = path
+    for dtype in (np.float32, np.float64):
+        I, H, B, T = 3, 4, 2, 5
+        for lbr in (0, 1):
+            for generic in (False, True):
+                kw = {}
+                if generic:
+                    kw = dict(activations=("HardSigmoid", "Softsign") * 2, clip=3.0)
+                W = rng.standard_normal((2, 3 * H, I)).astype(dtype)
+                R = rng.standard_normal((2, 3 * H, H)).astype(dtype)
+                gru = GRU(W=W, R=R, direction="bidirectional", linear_before_reset=lbr, **kw)
+                dense = Dense(kernel=np.ones((2 * H, 2), dtype), bias=np.zeros(2, dtype), activation="sigmoid")
+                model = Model(layers=(gru, dense))
+                masked = Model(layers=(Masking(mask_value=0.0), gru), input_size=I)
+                x = rng.standard_normal((B, T, I)).astype(dtype)
+                for path in ("rows", "packed", "gemm"):
+                    with config.override(gru_path=path):  # this thread only
                         model.run(x)
                         model.run(x, lengths=[T, 2])
                         masked.run(x)
-            done.append(f"GRU/Dense {np.dtype(dtype).name}")
-            out = np.empty(4, dtype)
-            K.dense_act_inplace(out.reshape(2, 2), 0, dtype(0))
-        xs = np.zeros(4, np.float32)
-        K.fast_act_array(xs, 0, xs.copy())
-        K.matmul_rows(np.zeros((1, 4), np.float32), 1, np.zeros((4, 4), np.float32), np.zeros((1, 4), np.float32), 0)
-    finally:
-        api.GRU_PATH = old
+        done.append(f"GRU/Dense {np.dtype(dtype).name}")
+        out = np.empty(4, dtype)
+        K.dense_act_inplace(out.reshape(2, 2), 0, dtype(0))
+    xs = np.zeros(4, np.float32)
+    K.fast_act_array(xs, 0, xs.copy())
+    K.matmul_rows(np.zeros((1, 4), np.float32), 1, np.zeros((4, 4), np.float32), np.zeros((1, 4), np.float32), 0)
     # streaming step kernels (owned by the streaming module) through its public API
     try:
         for dtype in (np.float32, np.float64):

@@ -173,10 +173,6 @@ def pool1d_serial(x, pool, stride, start, is_max, count_include_pad, y):
         _pool_row(x, pool, stride, start, is_max, count_include_pad, y, n // To, n % To)
 
 
-#: below this many output steps (B * To) the serial kernels run (thread wake-up costs more)
-PARALLEL_MIN_STEPS = 256
-
-
 @njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)
 def global_pool(x, mask, use_mask, is_max, y):
     """Average / max over all steps. x (B, T, F); mask (B, T) uint8 (read if use_mask:

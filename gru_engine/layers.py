@@ -633,20 +633,15 @@ def run_conv1d(layer: Conv1D, i: int, x: np.ndarray, ctx) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=dtype)
     y = np.empty((B, To, layer.out_channels), dtype)
     macs = B * To * layer.in_channels * layer.out_channels * layer.kernel_size // layer.groups
-    if layer.groups == 1 and macs >= GEMM_MIN_MACS:
+    if layer.groups == 1 and macs >= config.get().conv_gemm_min_macs:
         _conv1d_gemm(layer, x, left, To, y)
     else:
-        conv = KL.conv1d if B * To >= KL.PARALLEL_MIN_STEPS else KL.conv1d_serial
+        conv = KL.conv1d if B * To >= config.get().parallel_min_steps else KL.conv1d_serial
         conv(x, layer.packed(dtype), layer.bias.astype(dtype, copy=False), layer.stride, layer.dilation,
              layer.groups, -left, y)
     if layer.activation != "linear":
         KC.dense_act_inplace(_flat(y), DENSE_ACTIVATIONS[layer.activation], dtype.type(layer.alpha))
     return y
-
-
-#: convolutions with at least this many multiply-adds (and groups = 1) run as one BLAS GEMM
-#: over an im2col copy of the input; smaller ones (and grouped ones) run the Numba kernel.
-GEMM_MIN_MACS = 1 << 22
 
 
 def _conv1d_gemm(layer: Conv1D, x: np.ndarray, left: int, To: int, y: np.ndarray) -> None:
@@ -676,7 +671,7 @@ def run_pooling(layer: _Pooling1D, i: int, x: np.ndarray, ctx) -> np.ndarray:
     To = layer.output_length(T)
     _check_length(layer, i, To, T)
     y = np.empty((B, To, F), x.dtype)
-    pool = KL.pool1d if B * To >= KL.PARALLEL_MIN_STEPS else KL.pool1d_serial
+    pool = KL.pool1d if B * To >= config.get().parallel_min_steps else KL.pool1d_serial
     pool(np.ascontiguousarray(x), layer.pool_size, layer.stride, -left, layer.is_max,
               layer.count_include_pad and layer.padding == "explicit", y)
     return y

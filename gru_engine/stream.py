@@ -43,7 +43,7 @@ from typing import Callable, Hashable, Iterable
 
 import numpy as np
 
-from . import api, threads
+from . import api, config, threads
 from . import kernels_step as KS
 from . import validate as V
 from .errors import InputShapeError, InputTypeError, StreamingError
@@ -464,7 +464,7 @@ class Stream:
         """For a model that is one GRU layer returning sequences: ``run(x)`` with the row
         kernel's call prepared once per chunk length (work arrays, weights, path) and the
         state updated in place, which saves ~4 us of per-call overhead; None otherwise."""
-        key = (T, threads.get_num_threads(), api.GRU_PATH)
+        key = (T, threads.get_num_threads(), config.get().gru_path)
         plans = self.__dict__.setdefault("_plans", {})
         plan = plans.get(key, False)
         if plan is not False:

@@ -34,6 +34,7 @@ import dataclasses
 
 import numpy as np
 
+from . import config
 from . import kernels_cpu as KC
 from . import kernels_layers as KL
 from . import validate as V
@@ -402,7 +403,7 @@ def _compute(layer, dtype):
     def conv(ext, start, m):
         y = np.empty((ext.shape[0], m, layer.out_channels), dtype)
         if m:
-            kern = KL.conv1d if ext.shape[0] * m >= KL.PARALLEL_MIN_STEPS else KL.conv1d_serial
+            kern = KL.conv1d if ext.shape[0] * m >= config.get().parallel_min_steps else KL.conv1d_serial
             kern(ext, layer.packed(dtype), layer.bias.astype(dtype, copy=False), layer.stride, layer.dilation,
                  layer.groups, start, y)
             if layer.activation != "linear":
@@ -413,7 +414,7 @@ def _compute(layer, dtype):
     def pool(ext, start, m):
         y = np.empty((ext.shape[0], m, ext.shape[2]), dtype)
         if m:
-            kern = KL.pool1d if ext.shape[0] * m >= KL.PARALLEL_MIN_STEPS else KL.pool1d_serial
+            kern = KL.pool1d if ext.shape[0] * m >= config.get().parallel_min_steps else KL.pool1d_serial
             kern(ext, layer.pool_size, layer.stride, start, layer.is_max, False, y)
         return y
 

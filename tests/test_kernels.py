@@ -14,7 +14,7 @@ import pytest
 
 import naive
 from conftest import ATOL, NO_JIT, random_gru_weights, slow_without_jit
-from gru_engine import api
+from gru_engine import api, config
 from gru_engine import kernels_cpu as K
 from gru_engine.errors import InputShapeError, InputTypeError
 from gru_engine.model import GRU, Masking, Model
@@ -24,10 +24,8 @@ PATHS = ["rows", "gemm", "packed"]
 
 @pytest.fixture
 def path(request):
-    old = api.GRU_PATH
-    api.GRU_PATH = request.param
-    yield request.param
-    api.GRU_PATH = old
+    with config.override(gru_path=request.param):
+        yield request.param
 
 
 def _model(rng, I, H, direction="forward", lbr=1, dtype=np.float32, **kw):
@@ -255,16 +253,11 @@ def test_hidden_tiles_vs_oracle(path, dtype, direction, lbr, generic, rng):
 @pytest.mark.parametrize("project", [True, False])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("B,direction,lbr", [(1, "forward", 1), (1, "reverse", 0), (6, "bidirectional", 1), (5, "forward", 0)])
-def test_row_kernel_projection_and_parallel_split(kernel, project, dtype, B, direction, lbr, rng, monkeypatch):
+def test_row_kernel_projection_and_parallel_split(kernel, project, dtype, B, direction, lbr, rng):
     """Input projection in the kernel (split over time chunks at batch 1; panel-padded
     columns per direction for the packed product) or by NumPy, on 2 threads."""
     from gru_engine import threads
 
-    monkeypatch.setattr(api, "GRU_PATH", kernel)
-    monkeypatch.setattr(api, "PROJECT_IN_KERNEL", project)
-    monkeypatch.setattr(api, "PARALLEL_MIN_MACS", 0)
-    monkeypatch.setattr(api, "PARALLEL_SPLIT_MACS", 0)
-    monkeypatch.setattr(api, "SPLIT_SINGLE_ITEM", True)
     T, I, H = 70, 7, 9
     m, (W, R, Bw) = _model(rng, I, H, direction, lbr, dtype)
     x = rng.standard_normal((B, T, I)).astype(dtype)
@@ -272,7 +265,9 @@ def test_row_kernel_projection_and_parallel_split(kernel, project, dtype, B, dir
     old = threads.get_num_threads()
     try:
         threads.set_num_threads(min(2, __import__("numba").config.NUMBA_NUM_THREADS))
-        y, h = api.run(m, x, lengths=lengths)
+        with config.override(gru_path=kernel, project_in_kernel=project, parallel_min_macs=0,
+                             parallel_split_macs=0, split_single_item=True):
+            y, h = api.run(m, x, lengths=lengths)
     finally:
         threads.set_num_threads(old)
     yr, hr = _oracle(x, W, R, Bw, lengths, direction=direction, linear_before_reset=lbr)

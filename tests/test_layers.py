@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import ATOL
+from gru_engine import config
 from gru_engine.errors import InputShapeError, ModelDefinitionError, UnsupportedError
 from gru_engine.layers import (
     AveragePooling1D,
@@ -121,13 +122,11 @@ def test_conv1d_matches_numpy(rng, K, stride, dilation, groups, padding, pads, T
 
 def test_parallel_and_serial_kernels_agree(rng):
     """Large calls take the parallel kernels, small ones the serial ones: same results."""
-    from gru_engine import kernels_layers as KL
-
     W, b = r32(rng, 6, 2, 3, scale=0.5), r32(rng, 6)
     conv = Conv1D(kernel=W, bias=b, padding="same", stride=2, groups=2)
     pool = AveragePooling1D(pool_size=3, stride=1, padding="same")
     x = r32(rng, 6, 120, 4)
-    assert 6 * conv.output_length(120) >= KL.PARALLEL_MIN_STEPS
+    assert 6 * conv.output_length(120) >= config.get().parallel_min_steps
     l, r = np_same_pads(120, 3, 2)
     np.testing.assert_allclose(run1(conv, x), np_conv1d(x, W, b, 2, 1, 2, l, r), atol=ATOL[F32], rtol=0)
     big = run1(pool, x)
@@ -138,13 +137,11 @@ def test_parallel_and_serial_kernels_agree(rng):
 @pytest.mark.parametrize("padding,stride,dilation", [("causal", 1, 2), ("same", 3, 1), ("valid", 2, 1), ("same", 1, 3)])
 def test_conv1d_gemm_path(rng, padding, stride, dilation):
     """Large ungrouped convolutions take the im2col + BLAS path: same results as the kernel."""
-    from gru_engine import layers as LY
-
     W, b = r32(rng, 48, 40, 3, scale=0.2), r32(rng, 48)
     layer = Conv1D(kernel=W, bias=b, padding=padding, stride=stride, dilation=dilation, activation="tanh")
     x = r32(rng, 4, 300, 40)
     To = layer.output_length(300)
-    assert 4 * To * 40 * 48 * 3 >= LY.GEMM_MIN_MACS or stride > 1
+    assert 4 * To * 40 * 48 * 3 >= config.get().conv_gemm_min_macs or stride > 1
     y = run1(layer, x)
     l, r = layer.pad_amounts(300)
     np.testing.assert_allclose(y, np.tanh(np_conv1d(x, W, b, stride, dilation, 1, l, r)), atol=ATOL[F32], rtol=0)
