@@ -10,110 +10,31 @@ Activation codes are those of :data:`gru_engine.model.RNN_ACTIVATIONS` (GRU gate
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 from numba import njit, prange
 
 from . import _cache  # noqa: F401  (numba caches the engine's kernels outside the package; before any @njit)
 from . import config
+from .activations import clip, dense_act_row, rnn_act, sigmoid, sigmoid32, sigmoid_tanh_array, tanh, tanh32
 from .kernels_gemm import matmul_packed
 
 _FM = config.FASTMATH
 _EM = config.ERROR_MODEL
 
 
-@njit(cache=True, fastmath=_FM, error_model=_EM, inline="always")
-def rnn_act(code, x, alpha, beta):
-    """ONNX RNN activation ``code`` applied to scalar ``x`` (codes: model.RNN_ACTIVATIONS)."""
-    if code == 0:  # Sigmoid
-        return 1.0 / (1.0 + math.exp(-x))
-    elif code == 1:  # Tanh
-        return math.tanh(x)
-    elif code == 2:  # Relu
-        return max(x, 0.0)
-    elif code == 3:  # Affine
-        return alpha * x + beta
-    elif code == 4:  # LeakyRelu
-        return x if x >= 0.0 else alpha * x
-    elif code == 5:  # ThresholdedRelu
-        return x if x > alpha else 0.0
-    elif code == 6:  # ScaledTanh
-        return alpha * math.tanh(beta * x)
-    elif code == 7:  # HardSigmoid
-        return min(max(alpha * x + beta, 0.0), 1.0)
-    elif code == 8:  # Elu
-        return x if x >= 0.0 else alpha * (math.exp(x) - 1.0)
-    elif code == 9:  # Softsign
-        return x / (1.0 + abs(x))
-    else:  # Softplus
-        return math.log1p(math.exp(x)) if x < 20.0 else x + math.log1p(math.exp(-x))
-
-
-@njit(cache=True, fastmath=_FM, error_model=_EM, inline="always")
-def _clip(x, c):
-    if c > 0.0:
-        return min(max(x, -c), c)
-    return x
-
-
-# --------------------------------------------------------------------------- fast gate math
-# float32 gate activations as rational functions (the coefficients of onnxruntime's MLAS /
-# Eigen tanh): no library call, no branch, so LLVM vectorises the fused gate loops. The
-# clamp is Eigen's +-7.9053, where the rational function reaches +-1, so |tanh| <= 1 and
-# the sigmoid stays in [0, 1] (MLAS clamps at 9 and overshoots to 1.0000002). Max error vs
-# float64: tanh 2.6e-7, sigmoid 1.5e-7 absolute, no worse than onnxruntime's own Tanh and
-# Sigmoid (checked in tests/test_kernels.py). Clamps are selects: NaN in gives NaN out.
-_T_HI = np.float32(7.90531110763549805)
-_T_LO = np.float32(-7.90531110763549805)
-_A13 = np.float32(-2.76076847742355e-16)
-_A11 = np.float32(2.00018790482477e-13)
-_A9 = np.float32(-8.60467152213735e-11)
-_A7 = np.float32(5.12229709037114e-08)
-_A5 = np.float32(1.48572235717979e-05)
-_A3 = np.float32(6.37261928875436e-04)
-_A1 = np.float32(4.89352455891786e-03)
-_B6 = np.float32(1.19825839466702e-06)
-_B4 = np.float32(1.18534705686654e-04)
-_B2 = np.float32(2.26843463243900e-03)
-_B0 = np.float32(4.89352518554385e-03)
-_HALF = np.float32(0.5)
-_ONE = np.float32(1.0)
-
-
-@njit(cache=True, fastmath=_FM, error_model=_EM, inline="always")
-def fast_tanh(x):
-    """tanh for float32 ``x``: a [13/6] rational approximation on [-7.9, 7.9] (NaN in, NaN out)."""
-    x = _T_HI if x > _T_HI else x
-    x = _T_LO if x < _T_LO else x
-    x2 = x * x
-    p = x2 * _A13 + _A11
-    p = p * x2 + _A9
-    p = p * x2 + _A7
-    p = p * x2 + _A5
-    p = p * x2 + _A3
-    p = p * x2 + _A1
-    q = x2 * _B6 + _B4
-    q = q * x2 + _B2
-    q = q * x2 + _B0
-    return x * p / q
-
-
-@njit(cache=True, fastmath=_FM, error_model=_EM, inline="always")
-def fast_sigmoid(x):
-    """logistic for float32 ``x`` as 0.5 + 0.5 * tanh(x / 2) (absolute error < 1.5e-7)."""
-    return _HALF + _HALF * fast_tanh(_HALF * x)
+# Gate math: every activation comes from gru_engine.activations (one implementation each).
+# ``approx`` in the fused loops below means float32 (sigmoid32 / tanh32, vectorised); the
+# generic path's rnn_act picks the same functions for float32 arguments.
+fast_tanh = tanh32
+fast_sigmoid = sigmoid32
+_clip = clip
 
 
 @njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)
 def fast_act_array(x, code, out):
-    """Apply fast_sigmoid (code 0) or fast_tanh (code 1) to float32 ``x`` (N,) into ``out`` (tests)."""
-    if code == 0:
-        for i in range(x.shape[0]):
-            out[i] = fast_sigmoid(x[i])
-    else:
-        for i in range(x.shape[0]):
-            out[i] = fast_tanh(x[i])
+    """Apply sigmoid32 (code 0) or tanh32 (code 1) to float32 ``x`` (N,) into ``out`` (tests)."""
+    sigmoid_tanh_array(x, code, out)
 
 
 @njit(cache=True, fastmath=_FM, error_model=_EM, inline="always")
@@ -145,16 +66,16 @@ def _gates_fused(xp, xo, bx, g, Rb_h, hb, H, lbr, approx, yb, yo):
     else:
         if lbr:
             for j in range(H):
-                z = one / (one + math.exp(-(xp[xo + j] + bx[j] + g[j])))
-                r = one / (one + math.exp(-(xp[xo + H + j] + bx[H + j] + g[H + j])))
-                n = math.tanh(xp[xo + 2 * H + j] + bx[2 * H + j] + r * (g[2 * H + j] + Rb_h[j]))
+                z = sigmoid(xp[xo + j] + bx[j] + g[j])
+                r = sigmoid(xp[xo + H + j] + bx[H + j] + g[H + j])
+                n = tanh(xp[xo + 2 * H + j] + bx[2 * H + j] + r * (g[2 * H + j] + Rb_h[j]))
                 v = (one - z) * n + z * hb[j]
                 hb[j] = v
                 yb[yo + j] = v
         else:
             for j in range(H):
                 z = g[j]
-                n = math.tanh(xp[xo + 2 * H + j] + bx[2 * H + j] + g[2 * H + j])
+                n = tanh(xp[xo + 2 * H + j] + bx[2 * H + j] + g[2 * H + j])
                 v = (one - z) * n + z * hb[j]
                 hb[j] = v
                 yb[yo + j] = v
@@ -174,8 +95,8 @@ def _zr_gates(xp, xo, bx, g, hb, rh, H, approx, generic, fc, fa, fb, clip):
             rh[j] = fast_sigmoid(xp[xo + H + j] + bx[H + j] + g[H + j]) * hb[j]
     else:
         for j in range(H):
-            g[j] = one / (one + math.exp(-(xp[xo + j] + bx[j] + g[j])))
-            rh[j] = hb[j] / (one + math.exp(-(xp[xo + H + j] + bx[H + j] + g[H + j])))
+            g[j] = sigmoid(xp[xo + j] + bx[j] + g[j])
+            rh[j] = sigmoid(xp[xo + H + j] + bx[H + j] + g[H + j]) * hb[j]
 
 
 @njit(cache=True, fastmath=_FM, error_model=_EM, inline="always")
@@ -477,8 +398,8 @@ def _tile_gates(phase, xp, xo, bx, gt, Rb_h, hb, rh, hout, j0, w, H, lbr, approx
                 z = fast_sigmoid(pz)
                 r = fast_sigmoid(pr)
             else:
-                z = one / (one + math.exp(-pz))
-                r = one / (one + math.exp(-pr))
+                z = sigmoid(pz)
+                r = sigmoid(pr)
             if phase == 0:
                 gt[0, jj] = z
                 rh[j] = r * hb[j]
@@ -492,7 +413,7 @@ def _tile_gates(phase, xp, xo, bx, gt, Rb_h, hb, rh, hout, j0, w, H, lbr, approx
         elif approx:
             n = fast_tanh(pre)
         else:
-            n = math.tanh(pre)
+            n = tanh(pre)
         hout[j] = (one - z) * n + z * hb[j]
 
 
@@ -613,70 +534,7 @@ def gru_gates_step(
 @njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)
 def dense_act_inplace(Y, code, alpha):
     """Apply Dense activation ``code`` in place to Y (N, F); softmax over the last axis."""
-    N = Y.shape[0]
-    F = Y.shape[1]
-    one = Y.dtype.type(1.0)
-    for n in range(N):
-        y = Y[n]
-        if code == 0:
-            return
-        elif code == 1:
-            for j in range(F):
-                y[j] = one / (one + math.exp(-y[j]))
-        elif code == 2:
-            for j in range(F):
-                y[j] = math.tanh(y[j])
-        elif code == 3:
-            for j in range(F):
-                y[j] = max(y[j], 0.0)
-        elif code == 4:
-            m = y[0]
-            for j in range(1, F):
-                m = max(m, y[j])
-            s = Y.dtype.type(0.0)
-            for j in range(F):
-                e = math.exp(y[j] - m)
-                y[j] = e
-                s += e
-            inv = one / s
-            for j in range(F):
-                y[j] *= inv
-        elif code == 5:  # hard_sigmoid (Keras 3: relu6(x + 3) / 6)
-            for j in range(F):
-                y[j] = min(max(y[j] / 6.0 + 0.5, 0.0), 1.0)
-        elif code == 6:  # elu
-            a = alpha if alpha != 0.0 else 1.0
-            for j in range(F):
-                v = y[j]
-                y[j] = v if v > 0.0 else a * (math.exp(v) - 1.0)
-        elif code == 7:  # selu
-            for j in range(F):
-                v = y[j]
-                y[j] = 1.0507009873554805 * (v if v > 0.0 else 1.6732632423543772 * (math.exp(v) - 1.0))
-        elif code == 8:  # gelu (erf)
-            for j in range(F):
-                v = y[j]
-                y[j] = 0.5 * v * (1.0 + math.erf(v * 0.7071067811865476))
-        elif code == 9:  # swish / silu
-            for j in range(F):
-                v = y[j]
-                y[j] = v / (one + math.exp(-v))
-        elif code == 10:  # softplus
-            for j in range(F):
-                v = y[j]
-                y[j] = math.log1p(math.exp(v)) if v < 20.0 else v + math.log1p(math.exp(-v))
-        elif code == 11:  # softsign
-            for j in range(F):
-                v = y[j]
-                y[j] = v / (one + abs(v))
-        elif code == 12:  # leaky_relu
-            for j in range(F):
-                v = y[j]
-                y[j] = v if v >= 0.0 else alpha * v
-        elif code == 13:  # gelu (tanh approximation)
-            for j in range(F):
-                v = y[j]
-                y[j] = 0.5 * v * (1.0 + math.tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)))
-        elif code == 14:  # exp
-            for j in range(F):
-                y[j] = math.exp(y[j])
+    if code == 0:
+        return
+    for n in range(Y.shape[0]):
+        dense_act_row(Y[n], code, alpha)

@@ -131,19 +131,19 @@ def _build(np_dtype, record=None):  # noqa: C901 - one closure per dtype, kernel
         elif code == 1:  # Tanh
             return math.tanh(x)
         elif code == 2:  # Relu
-            return x if x > ZERO else ZERO
+            return ZERO if x < ZERO else x  # NaN stays NaN (activations.py's rule)
         elif code == 3:  # Affine
             return alpha * x + beta
         elif code == 4:  # LeakyRelu
-            return x if x >= ZERO else alpha * x
+            return alpha * x if x < ZERO else x
         elif code == 5:  # ThresholdedRelu
-            return x if x > alpha else ZERO
+            return ZERO if x <= alpha else x
         elif code == 6:  # ScaledTanh
             return alpha * math.tanh(beta * x)
         elif code == 7:  # HardSigmoid
             return clamp(alpha * x + beta, ZERO, ONE)
         elif code == 8:  # Elu
-            return x if x >= ZERO else alpha * (math.exp(x) - ONE)
+            return alpha * (math.exp(x) - ONE) if x < ZERO else x
         elif code == 9:  # Softsign
             return x / (ONE + abs(x))
         else:  # Softplus
@@ -157,14 +157,14 @@ def _build(np_dtype, record=None):  # noqa: C901 - one closure per dtype, kernel
         elif code == 2:
             return math.tanh(v)
         elif code == 3:
-            return v if v > ZERO else ZERO
+            return ZERO if v < ZERO else v
         elif code == 5:  # hard_sigmoid (Keras 3: relu6(x + 3) / 6)
             return clamp(v * SIXTH + HALF, ZERO, ONE)
         elif code == 6:  # elu
             a = alpha if alpha != ZERO else ONE
-            return v if v > ZERO else a * (math.exp(v) - ONE)
+            return a * (math.exp(v) - ONE) if v < ZERO else v
         elif code == 7:  # selu
-            return SELU_L * (v if v > ZERO else SELU_A * (math.exp(v) - ONE))
+            return SELU_L * (SELU_A * (math.exp(v) - ONE) if v < ZERO else v)
         elif code == 8:  # gelu (erf)
             return HALF * v * (ONE + math.erf(v * INV_SQRT2))
         elif code == 9:  # swish / silu
@@ -174,7 +174,7 @@ def _build(np_dtype, record=None):  # noqa: C901 - one closure per dtype, kernel
         elif code == 11:  # softsign
             return v / (ONE + abs(v))
         elif code == 12:  # leaky_relu
-            return v if v >= ZERO else alpha * v
+            return alpha * v if v < ZERO else v
         elif code == 13:  # gelu (tanh approximation)
             return HALF * v * (ONE + math.tanh(GELU_C * (v + GELU_K * v * v * v)))
         elif code == 14:  # exp

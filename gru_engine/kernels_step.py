@@ -22,21 +22,19 @@ inner loop over the 3H gate columns. Measured on the 2-core EPYC (AVX2) against 
 dot-products: 0.16 vs 0.24 us at H=32, 0.57 vs 0.77 us at H=64, equal (L2/L3-bandwidth
 bound) from H=128.
 
-Gate nonlinearities in float32 use a rational tanh (Eigen's ``generic_fast_tanh_float``,
-max error 3.4e-7 against float64 tanh, like onnxruntime's own approximation) and
-``sigmoid(x) = 0.5 + 0.5 tanh(x / 2)``: branch-free arithmetic that vectorises. Other
-activations, clip and float64 models use exact ``math`` functions.
+Activations come from :mod:`gru_engine.activations` (float32 sigmoid and tanh: branch-free,
+vectorised, <= 3 ulps).
 """
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 from numba import njit
 
 from . import _cache  # noqa: F401  (numba caches the engine's kernels outside the package; before any @njit)
 from . import config
+from .activations import clip, dense_act_row, rnn_act, sigmoid32, tanh32
 
 _FM = config.FASTMATH
 _EM = config.ERROR_MODEL
@@ -77,128 +75,14 @@ ERR_SLOTS_SHAPE = 7
 # ----------------------------------------------------------------------------- activations
 
 
-@njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True, inline="always")
-def _tanh_fast(x):
-    """Rational tanh (Eigen generic_fast_tanh_float): |error| <= 3.4e-7, vectorisable."""
-    c = np.float32(7.90531110763549805)
-    x = min(max(x, -c), c)
-    x2 = x * x
-    p = x2 * np.float32(-2.76076847742355e-16) + np.float32(2.00018790482477e-13)
-    p = x2 * p + np.float32(-8.60467152213735e-11)
-    p = x2 * p + np.float32(5.12229709037114e-08)
-    p = x2 * p + np.float32(1.48572235717979e-05)
-    p = x2 * p + np.float32(6.37261928875436e-04)
-    p = x2 * p + np.float32(4.89352455891786e-03)
-    p = x * p
-    q = x2 * np.float32(1.19825839466702e-06) + np.float32(1.18534705686654e-04)
-    q = x2 * q + np.float32(2.26843463243900e-03)
-    q = x2 * q + np.float32(4.89352518554385e-03)
-    return p / q
-
-
-@njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True, inline="always")
-def _sigmoid_fast(x):
-    return np.float32(0.5) + np.float32(0.5) * _tanh_fast(np.float32(0.5) * x)
-
-
-@njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)
-def _rnn_act(code, x, alpha, beta):
-    """ONNX RNN activation ``code`` (model.RNN_ACTIVATIONS) of scalar x, exact math."""
-    one = np.float32(1.0)
-    if code == 0:  # Sigmoid
-        return one / (one + math.exp(-x))
-    elif code == 1:  # Tanh
-        return math.tanh(x)
-    elif code == 2:  # Relu
-        return max(x, np.float32(0.0))
-    elif code == 3:  # Affine
-        return alpha * x + beta
-    elif code == 4:  # LeakyRelu
-        return x if x >= 0.0 else alpha * x
-    elif code == 5:  # ThresholdedRelu
-        return x if x > alpha else x * np.float32(0.0)
-    elif code == 6:  # ScaledTanh
-        return alpha * math.tanh(beta * x)
-    elif code == 7:  # HardSigmoid
-        return min(max(alpha * x + beta, np.float32(0.0)), one)
-    elif code == 8:  # Elu
-        return x if x >= 0.0 else alpha * (math.exp(x) - one)
-    elif code == 9:  # Softsign
-        return x / (one + abs(x))
-    else:  # Softplus
-        return math.log1p(math.exp(x)) if x < 20.0 else x + math.log1p(math.exp(-x))
-
-
-# _rnn_act / _dense_act mirror kernels_cpu.rnn_act / dense_act_inplace on purpose: numba's
-# cache does not notice changes to @njit helpers defined in another module, so each kernel
-# module keeps its own helpers (STYLE.md section 3). Change both together; tests compare them.
-@njit(cache=True, fastmath=_FM, error_model=_EM, nogil=True)
-def _dense_act(y, code, alpha):
-    """Dense activation ``code`` (model.DENSE_ACTIVATIONS) in place on y (F,); softmax over y."""
-    F = y.shape[0]
-    one = np.float32(1.0)
-    if code == 0:
-        return
-    elif code == 1:
-        for j in range(F):
-            y[j] = one / (one + math.exp(-y[j]))
-    elif code == 2:
-        for j in range(F):
-            y[j] = math.tanh(y[j])
-    elif code == 3:
-        for j in range(F):
-            y[j] = max(y[j], np.float32(0.0))
-    elif code == 4:
-        m = y[0]
-        for j in range(1, F):
-            m = max(m, y[j])
-        s = y[0] * np.float32(0.0)
-        for j in range(F):
-            e = math.exp(y[j] - m)
-            y[j] = e
-            s += e
-        inv = one / s
-        for j in range(F):
-            y[j] *= inv
-    elif code == 5:  # hard_sigmoid (Keras 3: relu6(x + 3) / 6)
-        for j in range(F):
-            y[j] = min(max(y[j] / np.float32(6.0) + np.float32(0.5), np.float32(0.0)), one)
-    elif code == 6:  # elu
-        a = alpha if alpha != 0.0 else one
-        for j in range(F):
-            v = y[j]
-            y[j] = v if v > 0.0 else a * (math.exp(v) - one)
-    elif code == 7:  # selu
-        for j in range(F):
-            v = y[j]
-            y[j] = np.float32(1.0507009873554805) * (v if v > 0.0 else np.float32(1.6732632423543772) * (math.exp(v) - one))
-    elif code == 8:  # gelu (erf)
-        for j in range(F):
-            v = y[j]
-            y[j] = np.float32(0.5) * v * (one + math.erf(v * np.float32(0.7071067811865476)))
-    elif code == 9:  # swish / silu
-        for j in range(F):
-            v = y[j]
-            y[j] = v / (one + math.exp(-v))
-    elif code == 10:  # softplus
-        for j in range(F):
-            v = y[j]
-            y[j] = math.log1p(math.exp(v)) if v < 20.0 else v + math.log1p(math.exp(-v))
-    elif code == 11:  # softsign
-        for j in range(F):
-            v = y[j]
-            y[j] = v / (one + abs(v))
-    elif code == 12:  # leaky_relu
-        for j in range(F):
-            v = y[j]
-            y[j] = v if v >= 0.0 else alpha * v
-    elif code == 13:  # gelu (tanh approximation)
-        for j in range(F):
-            v = y[j]
-            y[j] = np.float32(0.5) * v * (one + math.tanh(np.float32(0.7978845608028654) * (v + np.float32(0.044715) * v * v * v)))
-    elif code == 14:  # exp
-        for j in range(F):
-            y[j] = math.exp(y[j])
+# One implementation of each activation: gru_engine.activations (the float32 gate functions
+# sigmoid32 / tanh32 are vectorisable; rnn_act / dense_act_row take the same functions for
+# float32 arguments, so the fast and the generic paths agree).
+_tanh_fast = tanh32
+_sigmoid_fast = sigmoid32
+_rnn_act = rnn_act
+_dense_act = dense_act_row
+_clip = clip
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -278,7 +162,7 @@ def _gru_step(P, m, s, fast):
         for j in range(2 * H):
             v = gx[j] + gh[j]
             if clip > 0.0:
-                v = min(max(v, -clip), clip)
+                v = _clip(v, clip)
             gx[j] = _rnn_act(fc, v, fa, fb)
     if lbr:
         # pre_h = gx_h + r * (R_h h + Rb_h), kept in gh[2H:3H]
@@ -304,7 +188,7 @@ def _gru_step(P, m, s, fast):
         for j in range(H):
             v = gh[2 * H + j]
             if clip > 0.0:
-                v = min(max(v, -clip), clip)
+                v = _clip(v, clip)
             ht = _rnn_act(gc, v, ga, gb)
             z = gx[j]
             h[j] = (one - z) * ht + z * h[j]
@@ -542,7 +426,7 @@ def gru_rows_zr(P, m, G, Gh, Hs, RH, fast):
             for j in range(2 * H):
                 v = g[j] + bx[j] + gh[j]
                 if clip > 0.0:
-                    v = min(max(v, -clip), clip)
+                    v = _clip(v, clip)
                 g[j] = _rnn_act(fc, v, acts[1], acts[2])
         if m[9] == 0:
             h = Hs[i]
@@ -579,7 +463,7 @@ def gru_rows_out(P, m, S, slots, G, Gh, Ghh, Hs, fast):
                 ht = _tanh_fast(pre)
             else:
                 if clip > 0.0:
-                    pre = min(max(pre, -clip), clip)
+                    pre = _clip(pre, clip)
                 ht = _rnn_act(gc, pre, acts[4], acts[5])
             z = g[j]
             hn = (one - z) * ht + z * h[j]
