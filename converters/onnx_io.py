@@ -35,7 +35,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from gru_engine import config
-from gru_engine.errors import GRUEngineError, ModelDefinitionError, ModelFileError, UnsupportedError
+from gru_engine.errors import GRUEngineError, InputShapeError, ModelDefinitionError, ModelFileError, UnsupportedError
 from gru_engine.model import (
     DIRECTIONS,
     GRU,
@@ -474,9 +474,37 @@ class Signature:
     default_lengths: np.ndarray | None = None
     default_state: list | None = None
     output_elem_types: dict = field(default_factory=dict)  # graph output name -> TensorProto elem type
+    # graph input name -> declared dims (int, or None for a symbolic / absent dim), or None when
+    # the input's type has no shape (rank unknown); inputs not listed are not checked
+    input_shapes: dict = field(default_factory=dict)
+    x_features: int | None = None  # the model's input size (float x): checked on x's last axis
+
+    def check_inputs(self, feeds: dict) -> None:
+        """Each fed graph input against its declared rank and last (feature / hidden) size, and
+        ``x`` against the rank the engine runs (3; 2 for token ids) when the graph leaves it
+        open (the last size: features or hidden units, for inputs of rank 3 and more): InputShapeError naming the input, before anything runs. Declared batch and time
+        sizes are not enforced: exporters fix them to the example's (torch's dynamo exporter,
+        exports without dynamic axes) while the graph's computation holds for any size."""
+        for name, a in feeds.items():
+            if a is None:
+                continue
+            shape = tuple(np.shape(a))
+            want = self.input_shapes.get(name)
+            if name == self.x and want is None:
+                want = (None,) * (2 if self.x_dtype.startswith("int") else 3)
+            if name == self.x and len(want) == 3 and self.x_features is not None:
+                want = want[:2] + (self.x_features,)
+            if want is None:
+                continue
+            # rank >= 3: the last axis is features / hidden units (rank 1-2: batch / time)
+            want = tuple(None if i < len(want) - 1 or len(want) < 3 else w for i, w in enumerate(want))
+            if len(shape) != len(want) or (want and want[-1] is not None and shape[-1] != want[-1]):
+                spec = "(" + ", ".join("?" if w is None else str(w) for w in want) + ("," if len(want) == 1 else "") + ")"
+                raise InputShapeError(f"graph input {name!r} must have shape {spec} (? = any size), got {shape}")
 
     def to_model_args(self, feeds: dict) -> dict:
-        """Turn the graph's named inputs into ``Model.run`` keyword arguments."""
+        """Turn the graph's named inputs into ``Model.run`` keyword arguments (shapes checked)."""
+        self.check_inputs(feeds)
         x = np.asarray(feeds[self.x])
         if self.x_layout == "tbf":
             x = np.swapaxes(x, 0, 1)
@@ -1102,12 +1130,17 @@ class _Interp:
         for name, t in inits.items():
             self.env[name] = tensor_to_array(t, self.label)
         self.static = {}
+        self.input_shapes = {}
         self.graph_inputs = [i for i in g.input if i.name not in inits]
         roles = self.input_roles()
         for inp in self.graph_inputs:
             role = roles.get(inp.name, "x")
             tt = inp.type.tensor_type
-            dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+            # no shape field: the rank is unknown (ONNX allows it); symbolic or absent dims are
+            # unknown sizes. Both are taken from the data and checked at run time (Signature).
+            dims = ([d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim]
+                    if tt.HasField("shape") else None)
+            self.input_shapes[inp.name] = None if dims is None else tuple(dims)
             if role == "state":
                 self.env[inp.name] = _StateIn(inp.name, 0, None)
             elif role == "lengths":
@@ -1119,6 +1152,8 @@ class _Interp:
                         f"(besides initial_h / sequence_lens inputs)")
                 self.x_name = inp.name
                 elem = tt.elem_type
+                if dims is None:  # rank not declared: the one rank the engine runs, checked at run time
+                    dims = [None, None] if elem in (TensorProto.INT64, TensorProto.INT32) else [None, None, None]
                 if elem in (TensorProto.INT64, TensorProto.INT32):
                     if len(dims) != 2:
                         raise UnsupportedError(f"{self.label}: token input {inp.name!r} must have rank 2, got {len(dims)}")
@@ -2359,7 +2394,8 @@ class _Interp:
         sig = Signature(x=self.x_name, x_dtype=self.x_dtype, lengths=len_name, initial_state=state_name,
                         state_layout=state_layout, inputs=[i.name for i in self.graph_inputs],
                         default_lengths=default_lengths,
-                        default_state=None if default_state is None else [np.asarray(p, dtype) for p in default_state])
+                        default_state=None if default_state is None else [np.asarray(p, dtype) for p in default_state],
+                        input_shapes=dict(self.input_shapes), x_features=None if x.tokens else model.input_size)
         sig.x_layout = "btf" if self.bind["x0"] == "B" else "tbf"
         for name, kind, v, hax in outs:
             if kind == "h_n":
