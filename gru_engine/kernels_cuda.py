@@ -86,6 +86,7 @@ def _build(np_dtype, record=None):  # noqa: C901 - one closure per dtype, kernel
     ONE = np_dtype.type(1.0)
     HALF = np_dtype.type(0.5)
     SOFTPLUS_CUT = np_dtype.type(20.0)
+    INF = np_dtype.type(np.inf)
     SELU_L = np_dtype.type(1.0507009873554805)
     SELU_A = np_dtype.type(1.6732632423543772)
     INV_SQRT2 = np_dtype.type(0.7071067811865476)
@@ -143,8 +144,10 @@ def _build(np_dtype, record=None):  # noqa: C901 - one closure per dtype, kernel
         elif code == 7:  # HardSigmoid
             return clamp(alpha * x + beta, ZERO, ONE)
         elif code == 8:  # Elu
-            return alpha * (math.exp(x) - ONE) if x < ZERO else x
+            return alpha * math.expm1(x) if x < ZERO else x
         elif code == 9:  # Softsign
+            if abs(x) == INF:  # the limits, as activations.py
+                return ONE if x > ZERO else -ONE
             return x / (ONE + abs(x))
         else:  # Softplus
             return math.log1p(math.exp(x)) if x < SOFTPLUS_CUT else x + math.log1p(math.exp(-x))
@@ -162,21 +165,23 @@ def _build(np_dtype, record=None):  # noqa: C901 - one closure per dtype, kernel
             return clamp(v * SIXTH + HALF, ZERO, ONE)
         elif code == 6:  # elu
             a = alpha if alpha != ZERO else ONE
-            return a * (math.exp(v) - ONE) if v < ZERO else v
+            return a * math.expm1(v) if v < ZERO else v
         elif code == 7:  # selu
-            return SELU_L * (SELU_A * (math.exp(v) - ONE) if v < ZERO else v)
+            return SELU_L * (SELU_A * math.expm1(v) if v < ZERO else v)
         elif code == 8:  # gelu (erf)
-            return HALF * v * (ONE + math.erf(v * INV_SQRT2))
+            return ZERO if v == -INF else HALF * v * (ONE + math.erf(v * INV_SQRT2))
         elif code == 9:  # swish / silu
-            return v / (ONE + math.exp(-v))
+            return ZERO if v == -INF else v / (ONE + math.exp(-v))
         elif code == 10:  # softplus
             return math.log1p(math.exp(v)) if v < SOFTPLUS_CUT else v + math.log1p(math.exp(-v))
         elif code == 11:  # softsign
+            if abs(v) == INF:
+                return ONE if v > ZERO else -ONE
             return v / (ONE + abs(v))
         elif code == 12:  # leaky_relu
             return alpha * v if v < ZERO else v
         elif code == 13:  # gelu (tanh approximation)
-            return HALF * v * (ONE + math.tanh(GELU_C * (v + GELU_K * v * v * v)))
+            return ZERO if v == -INF else HALF * v * (ONE + math.tanh(GELU_C * (v + GELU_K * v * v * v)))
         elif code == 14:  # exp
             return math.exp(v)
         return v
