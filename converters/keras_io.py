@@ -39,10 +39,13 @@ import io
 import json
 import os
 import re
+import shutil
+import tempfile
 import zipfile
 from dataclasses import dataclass, field
 import numpy as np
 
+from gru_engine import config
 from gru_engine.errors import GRUEngineError, ModelFileError, UnsupportedError
 from gru_engine.model import Activation as EActivation
 from gru_engine.model import Dense as EDense
@@ -76,6 +79,12 @@ MASK_OPS = {"NotEqual", "Any", "All", "LogicalAnd", "LogicalOr", "Cast", "Expand
 #: Layers of converters.keras_layers that pass a Keras mask on unchanged / that consume it.
 MASK_KEEPING = {"BatchNormalization", "LayerNormalization", "UnitNormalization", "ReLU", "LeakyReLU", "ELU", "Softmax"}
 MASK_CONSUMING = {"GlobalAveragePooling1D", "GlobalAvgPool1D", "GlobalMaxPooling1D", "GlobalMaxPool1D"}
+
+
+#: a .keras archive's JSON members larger than this are refused; weights larger than
+#: _MAX_IN_MEMORY_BYTES are inflated to a temporary file rather than into memory
+_MAX_JSON_BYTES = 64 << 20
+_MAX_IN_MEMORY_BYTES = 256 << 20
 
 
 def _supported_list() -> str:
@@ -230,6 +239,10 @@ class _Source:
             names = set(zf.namelist())
             if "config.json" not in names:
                 raise ModelFileError(f"{src!r}: a .keras archive must contain config.json, found {sorted(names)}")
+            for member in ("config.json", "metadata.json"):
+                if member in names and zf.getinfo(member).file_size > _MAX_JSON_BYTES:
+                    raise ModelFileError(f"{src!r}: {member} must be at most {_MAX_JSON_BYTES} bytes, "
+                                         f"got {zf.getinfo(member).file_size} (declared in the zip)")
             try:
                 cfg = json.loads(zf.read("config.json"))
             except (ValueError, UnicodeDecodeError) as e:
@@ -238,13 +251,20 @@ class _Source:
                 raise ModelFileError(
                     f"{src!r}: a .keras archive must contain model.weights.h5, found {sorted(names)}"
                 )
-            data = zf.read("model.weights.h5")
+            if zf.getinfo("model.weights.h5").file_size <= _MAX_IN_MEMORY_BYTES:
+                data = io.BytesIO(zf.read("model.weights.h5"))
+            else:  # large (or a zip bomb): inflate to a temporary file, not into memory
+                data = tempfile.TemporaryFile()
+                self._closers.append(data)
+                with zf.open("model.weights.h5") as member:
+                    shutil.copyfileobj(member, data, 1 << 20)
+                data.seek(0)
         except ModelFileError:
             raise
         except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, KeyError, ValueError,
                 NotImplementedError, RuntimeError) as e:  # zipfile: unknown versions / compression
             raise ModelFileError(f"{src!r} is not a readable .keras archive (truncated or corrupt?): {e}") from None
-        h5 = _h5_open(io.BytesIO(data), f"{src}:model.weights.h5")
+        h5 = _h5_open(data, f"{src}:model.weights.h5")
         self._closers.append(h5)
         store = _store_for_h5(h5, f"{src}:model.weights.h5")
         try:
@@ -278,9 +298,19 @@ def _h5py():
 def _h5_open(obj, label: str):
     h5py = _h5py()
     try:
-        return h5py.File(obj, "r")
+        h5 = h5py.File(obj, "r")
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ModelFileError(f"{label!r} is not a readable HDF5 file (truncated or corrupt?): {e}") from None
+    links = []
+    try:  # external links would open other files (anywhere on disk): refuse them unresolved
+        h5.visititems_links(lambda n, link: links.append(n) if isinstance(link, h5py.ExternalLink) else None)
+    except (OSError, KeyError, ValueError, RuntimeError) as e:
+        h5.close()
+        raise ModelFileError(f"{label!r} is not a readable HDF5 file (truncated or corrupt?): {e}") from None
+    if links:
+        h5.close()
+        raise ModelFileError(f"{label!r}: HDF5 external links to other files are not allowed, found {links[:5]}")
+    return h5
 
 
 def _h5_config(h5, src: str):
@@ -356,7 +386,19 @@ class _WeightStore:
 
 def _read(ds, label: str) -> np.ndarray:
     try:
+        if getattr(ds, "external", None):
+            raise ModelFileError(f"{label}: the tensor must be stored in the file itself, got external storage "
+                                 f"{[e[0] for e in ds.external][:3]}")
+        nbytes = int(np.prod(ds.shape, dtype=object)) * ds.dtype.itemsize if ds.shape is not None else 0
+        stored = ds.id.get_storage_size()
+        # uncompressed data must be on disk; compressed at most deflate's ratio; never past the limit
+        ratio = 1 if not ds.compression and not ds.id.get_create_plist().get_nfilters() else 1100
+        if nbytes > stored * ratio or nbytes > config.MAX_TENSOR_ELEMENTS * 8:
+            raise ModelFileError(f"{label}: the tensor declares shape {ds.shape} ({nbytes} bytes) but the file "
+                                 f"stores {stored} bytes for it (truncated or corrupt file?)")
         return np.array(ds[()])
+    except ModelFileError:
+        raise
     except (OSError, KeyError, ValueError, RuntimeError, TypeError) as e:
         raise ModelFileError(f"{label}: cannot read the tensor (truncated or corrupt file?): {e}") from None
 

@@ -603,7 +603,13 @@ def _check_external_sizes(proto, base, label):
         info = {e.key: e.value for e in t.external_data}
         if not info:
             continue
-        loc = os.path.join(base, info.get("location", ""))
+        rel = info.get("location", "")
+        loc = os.path.join(base, rel)
+        real_base = os.path.realpath(base)
+        if os.path.isabs(rel) or not os.path.realpath(loc).startswith(real_base + os.sep):
+            # checked before any stat: a hostile file must not probe (or read) paths outside its folder
+            raise ModelFileError(f"{label}: initializer {t.name!r} external data location {rel!r} must be a "
+                                 f"file inside the model's folder {base!r} (no absolute paths, '..' or links out)")
         n = _num_elements(t, label)
         itemsize = _ITEMSIZE.get(t.data_type, 8)
         length = int(info.get("length", n * itemsize))
